@@ -684,11 +684,13 @@ func (x *ConditionFailure) GetRevision() int64 {
 	return 0
 }
 
-// Operation is one get, put or delete inside a Batch or Pipeline.
+// Operation is one get, put or delete inside a Batch or Pipeline. Each
+// operation is validated on its own, so an invalid one fails only its own
+// result (with violations whose field paths start at the operation, such as
+// "put.key").
 type Operation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// op is the operation; exactly one must be set. Each is validated on its
-	// own, so one invalid operation fails only its own result.
+	// op is the operation; exactly one must be set.
 	//
 	// Types that are valid to be assigned to Op:
 	//
@@ -1359,7 +1361,8 @@ type PipelineRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is chosen by the client and echoed in the response.
 	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	// operation is the operation to run.
+	// operation is the operation to run; a request without one gets an
+	// "invalid_argument" result.
 	Operation     *Operation `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1519,11 +1522,11 @@ const file_flux_kv_v1_kv_proto_rawDesc = "" +
 	"\bprevious\x18\x03 \x01(\v2\x14.flux.kv.v1.KeyValueR\bprevious\"D\n" +
 	"\x10ConditionFailure\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision\"\xbd\x01\n" +
-	"\tOperation\x122\n" +
-	"\x03get\x18\x01 \x01(\v2\x16.flux.kv.v1.GetRequestB\x06\xbaH\x03\xd8\x01\x03H\x00R\x03get\x122\n" +
-	"\x03put\x18\x02 \x01(\v2\x16.flux.kv.v1.PutRequestB\x06\xbaH\x03\xd8\x01\x03H\x00R\x03put\x12;\n" +
-	"\x06delete\x18\x03 \x01(\v2\x19.flux.kv.v1.DeleteRequestB\x06\xbaH\x03\xd8\x01\x03H\x00R\x06deleteB\v\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa5\x01\n" +
+	"\tOperation\x12*\n" +
+	"\x03get\x18\x01 \x01(\v2\x16.flux.kv.v1.GetRequestH\x00R\x03get\x12*\n" +
+	"\x03put\x18\x02 \x01(\v2\x16.flux.kv.v1.PutRequestH\x00R\x03put\x123\n" +
+	"\x06delete\x18\x03 \x01(\v2\x19.flux.kv.v1.DeleteRequestH\x00R\x06deleteB\v\n" +
 	"\x02op\x12\x05\xbaH\x02\b\x01\"\xdf\x01\n" +
 	"\x0fOperationResult\x12+\n" +
 	"\x03get\x18\x01 \x01(\v2\x17.flux.kv.v1.GetResponseH\x00R\x03get\x12+\n" +
@@ -1537,10 +1540,11 @@ const file_flux_kv_v1_kv_proto_rawDesc = "" +
 	"\x11condition_failure\x18\x03 \x01(\v2\x1c.flux.kv.v1.ConditionFailureR\x10conditionFailure\x128\n" +
 	"\n" +
 	"violations\x18\x04 \x01(\v2\x18.buf.validate.ViolationsR\n" +
-	"violations\"R\n" +
-	"\fBatchRequest\x12B\n" +
+	"violations\"W\n" +
+	"\fBatchRequest\x12G\n" +
 	"\n" +
-	"operations\x18\x01 \x03(\v2\x15.flux.kv.v1.OperationB\v\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\n" +
+	"operations\x18\x01 \x03(\v2\x15.flux.kv.v1.OperationB\x10\xbaH\r\x92\x01\n" +
+	"\b\x01\x10\xe8\a\"\x03\xd8\x01\x03R\n" +
 	"operations\"F\n" +
 	"\rBatchResponse\x125\n" +
 	"\aresults\x18\x01 \x03(\v2\x1b.flux.kv.v1.OperationResultR\aresults\"\x8e\x01\n" +

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"connectrpc.com/connect"
+
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+)
+
+// defaultEndpoint is the gateway's default address; a node's works too.
+const defaultEndpoint = "http://127.0.0.1:7700"
+
+// clientFlags are the flags every client command takes.
+type clientFlags struct {
+	endpoint string
+	protocol string
+	timeout  time.Duration
+	json     bool
+}
+
+func (f *clientFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.endpoint, "endpoint", defaultEndpoint, "`URL` of a Flux-KV gateway or node")
+	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline for the call")
+	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts")
+}
+
+// httpClient speaks HTTP/2 to every endpoint: with prior knowledge (h2c) on
+// http:// URLs, which gRPC needs, and negotiated by TLS on https:// URLs.
+func httpClient() *http.Client {
+	var protocols http.Protocols
+	protocols.SetHTTP2(true)
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{
+		Protocols:       &protocols,
+		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12},
+		Proxy:           http.ProxyFromEnvironment,
+	}}
+}
+
+// clientOptions returns the connect options for the chosen protocol.
+func (f *clientFlags) clientOptions() ([]connect.ClientOption, error) {
+	switch f.protocol {
+	case "connect":
+		return nil, nil
+	case "grpc":
+		return []connect.ClientOption{connect.WithGRPC()}, nil
+	case "grpcweb":
+		return []connect.ClientOption{connect.WithGRPCWeb()}, nil
+	default:
+		return nil, fmt.Errorf("%w: --protocol %q: use connect, grpc or grpcweb", errUsage, f.protocol)
+	}
+}
+
+func (f *clientFlags) baseURL() (string, error) {
+	u, err := url.Parse(f.endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", fmt.Errorf("%w: --endpoint %q: want a URL such as http://127.0.0.1:7700", errUsage, f.endpoint)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}
+
+// kvClient builds a KVService client and the call context from the flags.
+func (f *clientFlags) kvClient(ctx context.Context) (kvv1connect.KVServiceClient, context.Context, context.CancelFunc, error) {
+	base, err := f.baseURL()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	opts, err := f.clientOptions()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	return kvv1connect.NewKVServiceClient(httpClient(), base, opts...), ctx, cancel, nil
+}
+
+func contextWithTimeout(env *environment, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(env.ctx, d)
+}
+
+// fail prints a one-line error for a failed call and returns its exit code.
+func fail(env *environment, cmd string, err error) int {
+	if errors.Is(err, errUsage) {
+		return usageError(env, cmd, "%s", strings.TrimPrefix(err.Error(), errUsage.Error()+": "))
+	}
+	code := connect.CodeOf(err)
+	msg := err.Error()
+	var connectErr *connect.Error
+	if errors.As(err, &connectErr) {
+		msg = code.String() + ": " + oneLine(connectErr.Message())
+	}
+	fmt.Fprintf(env.stderr, "flux %s: %s\n", cmd, msg)
+	if code == connect.CodeFailedPrecondition {
+		return exitNotFound
+	}
+	return exitError
+}
+
+// oneLine folds a multi-line message (validation errors list one violation a
+// line) into one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// valueJSON is how values appear in --json output: as text when they are
+// valid UTF-8, else in base64 under another name, so scripts can tell.
+type valueJSON struct {
+	Value       *string `json:"value,omitempty"`
+	ValueBase64 *string `json:"value_base64,omitempty"`
+}
+
+func encodeValue(v []byte, keysOnly bool) valueJSON {
+	if keysOnly {
+		return valueJSON{}
+	}
+	if utf8.Valid(v) {
+		s := string(v)
+		return valueJSON{Value: &s}
+	}
+	s := base64.StdEncoding.EncodeToString(v)
+	return valueJSON{ValueBase64: &s}
+}
+
+// displayValue renders a value for people: text when it is valid UTF-8,
+// otherwise base64 with a marker.
+func displayValue(v []byte) string {
+	if utf8.Valid(v) {
+		return string(v)
+	}
+	return "base64:" + base64.StdEncoding.EncodeToString(v)
+}
+
+func printJSON(env *environment, v any) {
+	enc := json.NewEncoder(env.stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/fluxkv/fluxkv/platform/buildinfo"
+	"github.com/fluxkv/fluxkv/services/kvnode"
+)
+
+func nodeCommand() *command {
+	fs := newFlagSet("node")
+	var (
+		cfg       kvnode.Config
+		cors      = stringList{"*"}
+		logLevel  slog.Level
+		logFormat = "text"
+	)
+	fs.StringVar(&cfg.Listen, "listen", kvnode.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
+	fs.StringVar(&cfg.AdminListen, "admin-listen", kvnode.DefaultAdminListen, "`host:port` of the admin port (/healthz, /metrics, /debug/pprof/); keep it private")
+	fs.StringVar(&cfg.DataDir, "data-dir", kvnode.DefaultDataDir, "`directory` for the node's files; created if missing")
+	fs.StringVar(&cfg.NodeID, "node-id", "", "stable `id` of this node: 1-64 letters, digits, '.', '_', '-' (default: the host name)")
+	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", kvnode.DefaultMaxValueBytes, "largest value, in `bytes`, that a Put accepts")
+	fs.Var(&cors, "cors-origins", "comma-separated browser `origins` allowed to call the API; * allows any")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", kvnode.DefaultShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight calls may take to finish")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
+
+	c := &command{
+		name:    "node",
+		summary: "Run a Flux-KV node: serves flux.kv.v1.KVService until SIGINT or SIGTERM.",
+		flags:   fs,
+	}
+	c.run = func(env *environment, args []string) int {
+		if len(args) > 0 {
+			return usageError(env, c.name, "unexpected arguments %q", args)
+		}
+		opts := &slog.HandlerOptions{Level: logLevel}
+		switch logFormat {
+		case "text":
+			cfg.Logger = slog.New(slog.NewTextHandler(env.stderr, opts))
+		case "json":
+			cfg.Logger = slog.New(slog.NewJSONHandler(env.stderr, opts))
+		default:
+			return usageError(env, c.name, "--log-format %q: use text or json", logFormat)
+		}
+		cfg.CORSOrigins = cors
+		return runNode(env, cfg)
+	}
+	return c
+}
+
+func runNode(env *environment, cfg kvnode.Config) int {
+	cfg.Logger.Info("starting flux node", slog.String("version", buildinfo.String()))
+	node, err := kvnode.New(cfg)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
+		return exitError
+	}
+	node.Start()
+	waitErr := node.Wait(env.ctx)
+	if waitErr != nil {
+		cfg.Logger.Error("listener failed", slog.Any("error", waitErr))
+	} else {
+		cfg.Logger.Info("shutting down", slog.Duration("timeout", cfg.ShutdownTimeout))
+	}
+	// The signal context is done by now; Shutdown applies its own timeout.
+	start := time.Now()
+	if err := node.Shutdown(context.Background()); err != nil {
+		cfg.Logger.Error("shutdown", slog.Any("error", err))
+		return exitError
+	}
+	cfg.Logger.Info("shutdown complete", slog.Duration("took", time.Since(start)))
+	if waitErr != nil {
+		return exitError
+	}
+	return exitOK
+}
+
+func versionCommand() *command {
+	return &command{
+		name:    "version",
+		summary: "Print the version of this binary.",
+		flags:   newFlagSet("version"),
+		run: func(env *environment, _ []string) int {
+			fmt.Fprintln(env.stdout, buildinfo.String())
+			return exitOK
+		},
+	}
+}

@@ -1,0 +1,235 @@
+package kvnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/store"
+)
+
+// defaultScanLimit is the page size of a Scan that asks for limit 0.
+const defaultScanLimit = 100
+
+// handler serves flux.kv.v1.KVService from one node's store. Unary calls,
+// Batch items and Pipeline items share one implementation per operation, so
+// they answer the same input the same way.
+type handler struct {
+	store         *store.Store
+	validator     protovalidate.Validator
+	maxValueBytes int
+	now           func() time.Time
+}
+
+// NewHandler returns a KVService implementation backed by st. Values longer
+// than maxValueBytes are refused with InvalidArgument. validator checks each
+// Batch and Pipeline operation on its own; whole requests are checked by the
+// validation interceptor that the caller installs. now must be the clock st
+// uses, so remaining TTLs agree with expiry.
+func NewHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time) kvv1connect.KVServiceHandler {
+	return &handler{store: st, validator: validator, maxValueBytes: maxValueBytes, now: now}
+}
+
+func (h *handler) Get(_ context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
+	return connect.NewResponse(h.get(req.Msg)), nil
+}
+
+func (h *handler) Put(_ context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
+	resp, err := h.put(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *handler) Delete(_ context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
+	resp, err := h.delete(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (h *handler) Batch(_ context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
+	ops := req.Msg.GetOperations()
+	results := make([]*kvv1.OperationResult, len(ops))
+	for i, op := range ops {
+		results[i] = h.apply(op)
+	}
+	return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
+}
+
+func (h *handler) Scan(_ context.Context, req *connect.Request[kvv1.ScanRequest]) (*connect.Response[kvv1.ScanResponse], error) {
+	msg := req.Msg
+	limit := int(msg.GetLimit())
+	if limit == 0 {
+		limit = defaultScanLimit
+	}
+	res, err := h.store.Scan(store.ScanOptions{Prefix: msg.GetPrefix(), Cursor: msg.GetCursor(), Limit: limit})
+	if errors.Is(err, store.ErrInvalidCursor) {
+		return nil, connect.NewError(connect.CodeInvalidArgument,
+			errors.New("cursor: not a next_cursor returned by Scan for this prefix"))
+	}
+	if err != nil {
+		return nil, storeError(err)
+	}
+	now := h.now()
+	items := make([]*kvv1.KeyValue, len(res.Entries))
+	for i, e := range res.Entries {
+		items[i] = keyValue(e, now, msg.GetKeysOnly())
+	}
+	return connect.NewResponse(&kvv1.ScanResponse{Items: items, NextCursor: res.NextCursor}), nil
+}
+
+func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *connect.ServerStream[kvv1.WatchResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("watch is not available yet: it is served from the change log"))
+}
+
+// Pipeline answers each operation as it arrives, in arrival order. Store
+// operations never block, so one goroutine keeps up with the stream; the
+// client must read responses while it writes, as HTTP/2 flow control bounds
+// what either side can buffer.
+func (h *handler) Pipeline(_ context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
+	for {
+		req, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp := &kvv1.PipelineResponse{Id: req.GetId(), Result: h.apply(req.GetOperation())}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
+}
+
+// apply validates and runs one Batch or Pipeline operation. Failures become
+// the operation's result rather than an error, so they never end the call.
+func (h *handler) apply(op *kvv1.Operation) *kvv1.OperationResult {
+	if op == nil {
+		return errorResult(connect.NewError(connect.CodeInvalidArgument, errors.New("operation: value is required")))
+	}
+	if err := h.validator.Validate(op); err != nil {
+		return errorResult(validationError(err))
+	}
+	switch o := op.GetOp().(type) {
+	case *kvv1.Operation_Get:
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Get{Get: h.get(o.Get)}}
+	case *kvv1.Operation_Put:
+		resp, err := h.put(o.Put)
+		if err != nil {
+			return errorResult(err)
+		}
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Put{Put: resp}}
+	case *kvv1.Operation_Delete:
+		resp, err := h.delete(o.Delete)
+		if err != nil {
+			return errorResult(err)
+		}
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Delete{Delete: resp}}
+	default:
+		// Validation requires one of the known operations, so this is an
+		// operation added to the schema but not to this switch.
+		return errorResult(connect.NewError(connect.CodeUnimplemented, fmt.Errorf("operation %T is not supported", o)))
+	}
+}
+
+func (h *handler) get(req *kvv1.GetRequest) *kvv1.GetResponse {
+	e, ok := h.store.Get(req.GetKey())
+	if !ok {
+		return &kvv1.GetResponse{}
+	}
+	ttl, expire := ttlOf(e.ExpireTime, h.now())
+	return &kvv1.GetResponse{
+		Found:      true,
+		Value:      e.Value,
+		Revision:   e.ModRevision,
+		Ttl:        ttl,
+		ExpireTime: expire,
+	}
+}
+
+func (h *handler) put(req *kvv1.PutRequest) (*kvv1.PutResponse, error) {
+	if n := len(req.GetValue()); n > h.maxValueBytes {
+		return nil, valueTooLarge(n, h.maxValueBytes)
+	}
+	opts := store.PutOptions{KeepTTL: req.GetKeepTtl()}
+	if req.GetTtl() != nil {
+		opts.TTL = req.GetTtl().AsDuration()
+	}
+	switch c := req.GetCondition().(type) {
+	case *kvv1.PutRequest_IfAbsent:
+		opts.Condition = store.IfAbsent()
+	case *kvv1.PutRequest_IfPresent:
+		opts.Condition = store.IfPresent()
+	case *kvv1.PutRequest_IfRevision:
+		opts.Condition = store.IfRevision(c.IfRevision)
+	}
+	res, err := h.store.Put(req.GetKey(), req.GetValue(), opts)
+	if errors.Is(err, store.ErrConditionFailed) {
+		return nil, conditionFailed(res.HadPrevious, res.Previous.ModRevision)
+	}
+	if err != nil {
+		return nil, storeError(err)
+	}
+	resp := &kvv1.PutResponse{Revision: res.Revision}
+	if req.GetReturnPrevious() && res.HadPrevious {
+		resp.Previous = keyValue(res.Previous, h.now(), false)
+	}
+	return resp, nil
+}
+
+func (h *handler) delete(req *kvv1.DeleteRequest) (*kvv1.DeleteResponse, error) {
+	var cond store.Condition
+	switch c := req.GetCondition().(type) {
+	case *kvv1.DeleteRequest_IfPresent:
+		cond = store.IfPresent()
+	case *kvv1.DeleteRequest_IfRevision:
+		cond = store.IfRevision(c.IfRevision)
+	}
+	res, err := h.store.Delete(req.GetKey(), cond)
+	if errors.Is(err, store.ErrConditionFailed) {
+		return nil, conditionFailed(res.Previous.ModRevision != 0, res.Previous.ModRevision)
+	}
+	if err != nil {
+		return nil, storeError(err)
+	}
+	resp := &kvv1.DeleteResponse{Found: res.Deleted, Revision: res.Revision}
+	if req.GetReturnPrevious() && res.Deleted {
+		resp.Previous = keyValue(res.Previous, h.now(), false)
+	}
+	return resp, nil
+}
+
+// keyValue converts a store entry for the wire. Remaining TTLs are computed
+// against now, which must not be earlier than the instant the entry was read.
+func keyValue(e store.Entry, now time.Time, keysOnly bool) *kvv1.KeyValue {
+	kv := &kvv1.KeyValue{Key: e.Key, Revision: e.ModRevision}
+	if !keysOnly {
+		kv.Value = e.Value
+	}
+	kv.Ttl, kv.ExpireTime = ttlOf(e.ExpireTime, now)
+	return kv
+}
+
+// ttlOf returns the remaining TTL and the expiry of a key, both nil when the
+// key has no TTL.
+func ttlOf(expire, now time.Time) (*durationpb.Duration, *timestamppb.Timestamp) {
+	if expire.IsZero() {
+		return nil, nil
+	}
+	// The store hides expired keys, but the clock may have moved since the
+	// read; report zero rather than a negative time left.
+	return durationpb.New(max(expire.Sub(now), 0)), timestamppb.New(expire)
+}

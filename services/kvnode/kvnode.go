@@ -1,0 +1,285 @@
+// Package kvnode is the Flux-KV node: it serves flux.kv.v1.KVService from an
+// in-memory store on one h2c port (gRPC, gRPC-Web and Connect), with gRPC
+// reflection and health on the same port, and operator endpoints (/healthz,
+// /metrics, /debug/pprof/) on a separate admin port.
+package kvnode
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"regexp"
+	"sync"
+	"time"
+
+	"buf.build/go/protovalidate"
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/admin"
+	"github.com/fluxkv/fluxkv/platform/rpcserver"
+	"github.com/fluxkv/fluxkv/platform/store"
+	"github.com/fluxkv/fluxkv/platform/telemetry"
+)
+
+// Defaults for Config fields left at their zero value.
+const (
+	DefaultListen          = "127.0.0.1:7701"
+	DefaultAdminListen     = "127.0.0.1:9701"
+	DefaultDataDir         = "./flux-data"
+	DefaultMaxValueBytes   = 1 << 20
+	DefaultShutdownTimeout = 10 * time.Second
+
+	// minMessageBytes is the smallest cap on one API message: gRPC's
+	// customary 4 MiB, so a Batch of small values is never refused for size.
+	minMessageBytes = 4 << 20
+	// messageOverhead is room for the key and framing around a value of the
+	// maximum size.
+	messageOverhead = 64 << 10
+)
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Config configures a Node. Zero fields take the defaults above; NodeID
+// defaults to the host name.
+type Config struct {
+	Listen          string        // API address (host:port); port 0 picks a free port
+	AdminListen     string        // admin address; keep it on loopback or a private network
+	DataDir         string        // directory for the node's files; created if missing
+	NodeID          string        // stable identity of the node: letters, digits, '.', '_', '-'
+	MaxValueBytes   int           // largest value a Put accepts
+	CORSOrigins     []string      // browser origins allowed to call the API; nil means "*"
+	ShutdownTimeout time.Duration // how long Shutdown lets in-flight calls finish
+	Logger          *slog.Logger  // nil means slog.Default()
+}
+
+func (c *Config) setDefaults() error {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.AdminListen == "" {
+		c.AdminListen = DefaultAdminListen
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("default node id from host name: %w", err)
+		}
+		c.NodeID = host
+	}
+	if !nodeIDPattern.MatchString(c.NodeID) {
+		return fmt.Errorf("node id %q: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
+	}
+	if c.MaxValueBytes == 0 {
+		c.MaxValueBytes = DefaultMaxValueBytes
+	}
+	if c.MaxValueBytes < 0 {
+		return fmt.Errorf("max value bytes %d: must be positive", c.MaxValueBytes)
+	}
+	if c.CORSOrigins == nil {
+		c.CORSOrigins = []string{"*"}
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Node is a running Flux-KV node. Create it with New, then Start it; stop it
+// with Shutdown.
+type Node struct {
+	cfg    Config
+	store  *store.Store
+	health *grpchealth.StaticChecker
+	api    *rpcserver.Server
+	admin  *rpcserver.Server
+
+	errc         chan error // serve errors from either listener
+	shutdownOnce sync.Once
+	shutdownErr  error
+	donec        chan struct{}
+}
+
+// New validates cfg, creates the data directory and the store, and binds both
+// listeners, so the addresses are known before Start. On error nothing is
+// left open.
+func New(cfg Config) (_ *Node, err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	n := &Node{
+		cfg:   cfg,
+		store: store.New(),
+		errc:  make(chan error, 2),
+		donec: make(chan struct{}),
+	}
+	defer func() {
+		if err != nil {
+			n.closeAll()
+		}
+	}()
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flux_store_keys", Help: "Keys held by the node, including expired keys not yet removed.",
+		}, func() float64 { return float64(n.store.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flux_store_revision", Help: "Last revision the node assigned.",
+		}, func() float64 { return float64(n.store.Revision()) }),
+	)
+	rpcMetrics, err := telemetry.NewRPCMetrics(registry)
+	if err != nil {
+		return nil, fmt.Errorf("register rpc metrics: %w", err)
+	}
+
+	apiHandler, err := n.apiHandler(rpcMetrics)
+	if err != nil {
+		return nil, err
+	}
+	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler); err != nil {
+		return nil, fmt.Errorf("api listener: %w", err)
+	}
+	adminHandler := admin.NewHandler(registry, n.healthy)
+	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler); err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	return n, nil
+}
+
+// apiHandler builds the public port: KVService, reflection and health, with
+// validation, size limits and CORS.
+func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error) {
+	validator, err := protovalidate.New()
+	if err != nil {
+		return nil, fmt.Errorf("create validator: %w", err)
+	}
+	maxMessage := max(minMessageBytes, n.cfg.MaxValueBytes+messageOverhead)
+	serviceDesc := kvv1.File_flux_kv_v1_kv_proto.Services().ByName("KVService")
+	validation := newRequestValidation(validator, kvv1connect.KVServicePipelineProcedure)
+	n.health = grpchealth.NewStaticChecker(kvv1connect.KVServiceName)
+
+	mux := http.NewServeMux()
+	mux.Handle(kvv1connect.NewKVServiceHandler(
+		NewHandler(n.store, validator, n.cfg.MaxValueBytes, time.Now),
+		connect.WithInterceptors(rpcMetrics, validation),
+		connect.WithReadMaxBytes(maxMessage),
+	))
+	reflector := grpcreflect.NewStaticReflector(kvv1connect.KVServiceName, grpchealth.HealthV1ServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpchealth.NewHandler(n.health))
+
+	var h http.Handler = mux
+	h = rpcserver.LimitRequestBodies(h, int64(maxMessage)+messageOverhead, serviceDesc)
+	h = rpcserver.CORS(h, n.cfg.CORSOrigins)
+	return h, nil
+}
+
+// Start serves both listeners in the background. Errors that stop a listener
+// are reported by Wait.
+func (n *Node) Start() {
+	n.store.Start()
+	for _, srv := range []*rpcserver.Server{n.api, n.admin} {
+		go func() {
+			if err := srv.Serve(); err != nil {
+				n.errc <- err
+			}
+		}()
+	}
+	n.cfg.Logger.Info("node serving",
+		slog.String("node_id", n.cfg.NodeID),
+		slog.String("listen", n.api.Addr().String()),
+		slog.String("admin_listen", n.admin.Addr().String()),
+		slog.String("data_dir", n.cfg.DataDir),
+	)
+}
+
+// APIURL is the base URL of the API port.
+func (n *Node) APIURL() string { return n.api.URL() }
+
+// AdminURL is the base URL of the admin port.
+func (n *Node) AdminURL() string { return n.admin.URL() }
+
+// Wait blocks until ctx is done or a listener fails, and returns the failure
+// (nil when ctx ended). It does not stop the node: call Shutdown after it.
+func (n *Node) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-n.errc:
+		return err
+	}
+}
+
+// Shutdown stops the node gracefully: health turns NOT_SERVING, the API port
+// stops accepting calls and lets in-flight ones finish until ctx ends or the
+// configured shutdown timeout passes (then open streams are cut), and the
+// store is closed last. It is idempotent; later calls return the first
+// result.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.shutdownOnce.Do(func() {
+		defer close(n.donec)
+		n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
+		ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
+		defer cancel()
+		var errs []error
+		if err := n.api.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		// The admin port goes last so /healthz and /metrics stay readable while
+		// calls drain.
+		n.admin.Close()
+		if err := n.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+		n.shutdownErr = errors.Join(errs...)
+		n.cfg.Logger.Info("node stopped", slog.String("node_id", n.cfg.NodeID))
+	})
+	return n.shutdownErr
+}
+
+// Done is closed when Shutdown has finished.
+func (n *Node) Done() <-chan struct{} { return n.donec }
+
+func (n *Node) healthy() error {
+	select {
+	case <-n.donec:
+		return errors.New("node is shut down")
+	default:
+	}
+	if resp, err := n.health.Check(context.Background(), &grpchealth.CheckRequest{Service: kvv1connect.KVServiceName}); err != nil || resp.Status != grpchealth.StatusServing {
+		return errors.New("node is not serving")
+	}
+	return nil
+}
+
+// closeAll releases whatever New managed to open.
+func (n *Node) closeAll() {
+	if n.api != nil {
+		n.api.Close()
+	}
+	if n.admin != nil {
+		n.admin.Close()
+	}
+	_ = n.store.Close()
+}
