@@ -51,14 +51,15 @@ var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // Config configures a Node. Zero fields take the defaults above; NodeID
 // defaults to the host name.
 type Config struct {
-	Listen          string        // API address (host:port); port 0 picks a free port
-	AdminListen     string        // admin address; keep it on loopback or a private network
-	DataDir         string        // directory for the node's files; created if missing
-	NodeID          string        // stable identity of the node: letters, digits, '.', '_', '-'
-	MaxValueBytes   int           // largest value a Put accepts
-	CORSOrigins     []string      // browser origins allowed to call the API; nil means "*"
-	ShutdownTimeout time.Duration // how long Shutdown lets in-flight calls finish
-	Logger          *slog.Logger  // nil means slog.Default()
+	Listen          string           // API address (host:port); port 0 picks a free port
+	AdminListen     string           // admin address; keep it on loopback or a private network
+	DataDir         string           // directory for the node's files; created if missing
+	NodeID          string           // stable identity of the node: letters, digits, '.', '_', '-'
+	MaxValueBytes   int              // largest value a Put accepts
+	CORSOrigins     []string         // browser origins allowed to call the API; nil means "*"
+	ShutdownTimeout time.Duration    // how long Shutdown lets in-flight calls finish
+	Logger          *slog.Logger     // nil means slog.Default()
+	Clock           func() time.Time // time source for TTLs; nil means time.Now (tests inject their own)
 }
 
 func (c *Config) setDefaults() error {
@@ -96,6 +97,9 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
 	return nil
 }
 
@@ -126,7 +130,7 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	n := &Node{
 		cfg:   cfg,
-		store: store.New(),
+		store: store.New(store.WithClock(cfg.Clock)),
 		errc:  make(chan error, 2),
 		donec: make(chan struct{}),
 	}
@@ -180,7 +184,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
-		NewHandler(n.store, validator, n.cfg.MaxValueBytes, time.Now),
+		NewHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock),
 		connect.WithInterceptors(rpcMetrics, validation),
 		connect.WithReadMaxBytes(maxMessage),
 	))
