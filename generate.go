@@ -1,0 +1,11 @@
+// Package fluxkv is the root of the Flux-KV module. It holds no code of its
+// own: the binary is cmd/flux, the libraries are under platform/ and the
+// deployable services under services/.
+//
+// Running `go generate .` here regenerates gen/ from the schemas in proto/,
+// using only the Go module proxy: protovalidate's schema is printed from the
+// Go module that registers it, then buf runs the plugins pinned in go.mod.
+package fluxkv
+
+//go:generate go -C tools run ./protovalidateproto -out ../.buf-deps/protovalidate
+//go:generate go tool -modfile=tools/go.mod buf generate
