@@ -9,3 +9,4 @@ package fluxkv
 
 //go:generate go -C tools run ./protovalidateproto -out ../.buf-deps/protovalidate
 //go:generate go tool -modfile=tools/go.mod buf generate
+//go:generate go tool -modfile=tools/go.mod buf build proto -o platform/schema/flux.binpb

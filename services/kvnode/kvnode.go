@@ -26,6 +26,7 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/admin"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
+	"github.com/fluxkv/fluxkv/platform/schema"
 	"github.com/fluxkv/fluxkv/platform/store"
 	"github.com/fluxkv/fluxkv/platform/telemetry"
 )
@@ -188,7 +189,10 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 		connect.WithInterceptors(rpcMetrics, validation),
 		connect.WithReadMaxBytes(maxMessage),
 	))
-	reflector := grpcreflect.NewStaticReflector(kvv1connect.KVServiceName, grpchealth.HealthV1ServiceName)
+	reflector, err := schema.NewReflector(kvv1connect.KVServiceName, grpchealth.HealthV1ServiceName)
+	if err != nil {
+		return nil, err
+	}
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	mux.Handle(grpchealth.NewHandler(n.health))

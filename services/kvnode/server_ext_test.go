@@ -103,7 +103,11 @@ func TestReflection(t *testing.T) {
 		t.Fatalf("file containing symbol: %v", err)
 	}
 	if len(files) == 0 || files[0].GetName() != "flux/kv/v1/kv.proto" {
-		t.Errorf("got %d files, want flux/kv/v1/kv.proto first", len(files))
+		t.Fatalf("got %d files, want flux/kv/v1/kv.proto first", len(files))
+	}
+	// Users read the schema's comments through reflection (grpcurl describe).
+	if len(files[0].GetSourceCodeInfo().GetLocation()) == 0 {
+		t.Errorf("reflection serves kv.proto without its comments")
 	}
 }
 
