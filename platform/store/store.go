@@ -258,16 +258,9 @@ func (s *Store) Put(key string, value []byte, opts PutOptions) (PutResult, error
 	defer sh.mu.Unlock()
 
 	clock := lazyClock{now: s.now}
-	old, ok := sh.items[key]
-	if ok && old.hasTTL() && old.expiredAt(clock.nanos()) {
-		if err := s.expireLocked(sh, key, old, clock.get()); err != nil {
-			return PutResult{}, err
-		}
-		old, ok = item{}, false
-	}
-	var prev Entry
-	if ok {
-		prev = old.entry(key)
+	old, ok, prev, err := s.liveLocked(sh, key, &clock)
+	if err != nil {
+		return PutResult{}, err
 	}
 	if !opts.Condition.holds(old, ok) {
 		return PutResult{Revision: s.rev.Load(), Previous: prev, HadPrevious: ok}, ErrConditionFailed
@@ -321,16 +314,9 @@ func (s *Store) Delete(key string, cond Condition) (DeleteResult, error) {
 	defer sh.mu.Unlock()
 
 	clock := lazyClock{now: s.now}
-	old, ok := sh.items[key]
-	if ok && old.hasTTL() && old.expiredAt(clock.nanos()) {
-		if err := s.expireLocked(sh, key, old, clock.get()); err != nil {
-			return DeleteResult{}, err
-		}
-		old, ok = item{}, false
-	}
-	var prev Entry
-	if ok {
-		prev = old.entry(key)
+	old, ok, prev, err := s.liveLocked(sh, key, &clock)
+	if err != nil {
+		return DeleteResult{}, err
 	}
 	if !cond.holds(old, ok) {
 		return DeleteResult{Revision: s.rev.Load(), Previous: prev}, ErrConditionFailed
@@ -442,6 +428,19 @@ func (s *Store) expireLocked(sh *shard, key string, it item, now time.Time) erro
 
 // lazyClock reads the clock at most once, and only if asked: most operations
 // touch keys without a TTL and never need the time.
+// liveLocked returns key's item and entry for a write, treating an expired
+// item as absent after reporting its expiry. The caller holds sh's write lock.
+func (s *Store) liveLocked(sh *shard, key string, clock *lazyClock) (it item, ok bool, e Entry, err error) {
+	it, ok = sh.items[key]
+	if !ok {
+		return item{}, false, Entry{}, nil
+	}
+	if it.hasTTL() && it.expiredAt(clock.nanos()) {
+		return item{}, false, Entry{}, s.expireLocked(sh, key, it, clock.get())
+	}
+	return it, true, it.entry(key), nil
+}
+
 type lazyClock struct {
 	now func() time.Time
 	t   time.Time

@@ -3,12 +3,12 @@ package store_test
 import (
 	"bytes"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/fluxkv/fluxkv/platform/clock"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
 
@@ -16,26 +16,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// fakeClock is a clock that moves only when told to.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+func newFakeClock() *clock.Fake {
+	return clock.NewFake(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // newStore returns a store that is closed when the test ends.

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/clock"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -29,27 +29,8 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// fakeClock is a settable time source shared by the node under test and the
-// test, so TTL behaviour is checked without sleeping.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+func newFakeClock() *clock.Fake {
+	return clock.NewFake(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // startNode runs a node on random loopback ports for the duration of the
@@ -99,7 +80,7 @@ var protocols = []struct {
 
 // forEachProtocol runs fn with a client of each protocol against one fresh
 // node per protocol.
-func forEachProtocol(t *testing.T, cfg kvnode.Config, fn func(t *testing.T, client kvv1connect.KVServiceClient, clock *fakeClock)) {
+func forEachProtocol(t *testing.T, cfg kvnode.Config, fn func(t *testing.T, client kvv1connect.KVServiceClient, clock *clock.Fake)) {
 	t.Helper()
 	for _, p := range protocols {
 		t.Run(p.name, func(t *testing.T) {
@@ -175,7 +156,7 @@ func violatedFields(v *validatepb.Violations) []string {
 
 func TestRoundTrip(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		first := put(t, client, &kvv1.PutRequest{Key: "greeting", Value: []byte("hello")})
 		got := get(t, client, "greeting")
 		if !got.GetFound() || string(got.GetValue()) != "hello" || got.GetRevision() != first.GetRevision() {
@@ -206,7 +187,7 @@ func TestRoundTrip(t *testing.T) {
 
 func TestNotFound(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		if got := get(t, client, "missing"); got.GetFound() || got.GetValue() != nil || got.GetRevision() != 0 {
 			t.Errorf("get missing: got %v, want empty not-found response", got)
 		}
@@ -222,7 +203,7 @@ func TestNotFound(t *testing.T) {
 
 func TestConditions(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		ctx := context.Background()
 		_, err := client.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: "k", Value: []byte("v"), Condition: &kvv1.PutRequest_IfPresent{IfPresent: true}}))
 		if cf := detail[*kvv1.ConditionFailure](t, wantCode(t, err, connect.CodeFailedPrecondition)); cf.GetFound() {
@@ -256,7 +237,7 @@ func TestConditions(t *testing.T) {
 
 func TestTTL(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, clock *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, clock *clock.Fake) {
 		put(t, client, &kvv1.PutRequest{Key: "session", Value: []byte("s"), Ttl: durationpb.New(30 * time.Second)})
 		clock.Advance(10 * time.Second)
 		got := get(t, client, "session")
@@ -322,7 +303,7 @@ func TestValidation(t *testing.T) {
 			return err
 		}, []string{"operations"}},
 	}
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		for i, tt := range tests {
 			err := tt.call(client)
 			connectErr := wantCode(t, err, connect.CodeInvalidArgument)
@@ -339,7 +320,7 @@ func TestValidation(t *testing.T) {
 
 func TestOversizeValue(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{MaxValueBytes: 1024}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{MaxValueBytes: 1024}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		ctx := context.Background()
 		put(t, client, &kvv1.PutRequest{Key: "fits", Value: bytes.Repeat([]byte("x"), 1024)})
 
@@ -365,7 +346,7 @@ func TestOversizeValue(t *testing.T) {
 
 func TestBatch(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		putOp := func(k, v string) *kvv1.Operation {
 			return &kvv1.Operation{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: k, Value: []byte(v)}}}
 		}
@@ -416,7 +397,7 @@ func TestBatch(t *testing.T) {
 func TestScanPaging(t *testing.T) {
 	t.Parallel()
 	const keys = 1000
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		ctx := context.Background()
 		for start := 0; start < keys; start += 500 {
 			var ops []*kvv1.Operation
@@ -470,7 +451,7 @@ func TestScanPaging(t *testing.T) {
 func TestPipeline(t *testing.T) {
 	t.Parallel()
 	const ops = 10_000
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		stream := client.Pipeline(ctx)
@@ -528,7 +509,7 @@ func TestPipeline(t *testing.T) {
 
 func TestWatchNotYetAvailable(t *testing.T) {
 	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *fakeClock) {
+	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
 		stream, err := client.Watch(context.Background(), connect.NewRequest(&kvv1.WatchRequest{Target: &kvv1.WatchRequest_Prefix{}}))
 		if err != nil {
 			t.Fatalf("watch: %v", err)
