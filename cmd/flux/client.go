@@ -86,10 +86,6 @@ func (f *clientFlags) kvClient(ctx context.Context) (kvv1connect.KVServiceClient
 	return kvv1connect.NewKVServiceClient(httpClient(), base, opts...), ctx, cancel, nil
 }
 
-func contextWithTimeout(env *environment, d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(env.ctx, d)
-}
-
 // fail prints a one-line error for a failed call and returns its exit code.
 func fail(env *environment, cmd string, err error) int {
 	if errors.Is(err, errUsage) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 
 	"connectrpc.com/connect"
@@ -34,7 +35,7 @@ func healthCommand() *command {
 		}
 		client := connect.NewClient[healthpb.HealthCheckRequest, healthpb.HealthCheckResponse](
 			httpClient(), base+"/grpc.health.v1.Health/Check", opts...)
-		ctx, cancel := contextWithTimeout(env, cf.timeout)
+		ctx, cancel := context.WithTimeout(env.ctx, cf.timeout)
 		defer cancel()
 		resp, err := client.CallUnary(ctx, connect.NewRequest(&healthpb.HealthCheckRequest{Service: service}))
 		if err != nil {
