@@ -378,11 +378,47 @@ func (s *Store) Apply(c Change) error {
 		sh.remove(c.Key, old)
 	}
 	sh.mu.Unlock()
+	s.AdvanceRevision(c.Revision)
+	return nil
+}
 
+// AdvanceRevision raises the revision counter to rev if it is lower, so the
+// next mutation gets rev+1. Replay calls it with the highest revision a log
+// has seen, which may belong to a change whose key is gone, so that
+// revisions never go backwards across restarts.
+func (s *Store) AdvanceRevision(rev int64) {
 	for {
 		cur := s.rev.Load()
-		if c.Revision <= cur || s.rev.CompareAndSwap(cur, c.Revision) {
-			return nil
+		if rev <= cur || s.rev.CompareAndSwap(cur, rev) {
+			return
+		}
+	}
+}
+
+// Range calls fn for every live entry, one shard at a time, until fn returns
+// false. Each shard is copied under its read lock and fn runs unlocked, so
+// fn may be slow (a snapshot writer) without holding up writes; the entries
+// of one call are therefore not one point-in-time view of the whole store.
+// Writes racing with Range are reported to the change hook as usual, which
+// is what makes a log snapshot taken with Range plus the log written after
+// it complete.
+func (s *Store) Range(fn func(Entry) bool) {
+	var batch []Entry
+	for i := range s.shards {
+		sh := &s.shards[i]
+		now := s.now().UnixNano()
+		batch = batch[:0]
+		sh.mu.RLock()
+		for key, it := range sh.items {
+			if !it.expiredAt(now) {
+				batch = append(batch, it.entry(key))
+			}
+		}
+		sh.mu.RUnlock()
+		for _, e := range batch {
+			if !fn(e) {
+				return
+			}
 		}
 	}
 }

@@ -428,3 +428,40 @@ func TestWithShards(t *testing.T) {
 		}
 	}
 }
+
+func TestRangeAndAdvanceRevision(t *testing.T) {
+	t.Parallel()
+	clock := newFakeClock()
+	s := store.New(store.WithClock(clock.Now), store.WithShards(4))
+	defer s.Close()
+	for i, key := range []string{"a", "b", "c"} {
+		opts := store.PutOptions{}
+		if i == 2 {
+			opts.TTL = time.Second
+		}
+		if _, err := s.Put(key, []byte(key), opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock.Advance(time.Second) // c has expired but is not removed yet
+	got := map[string]int64{}
+	s.Range(func(e store.Entry) bool {
+		got[e.Key] = e.ModRevision
+		return true
+	})
+	if len(got) != 2 || got["a"] != 1 || got["b"] != 2 {
+		t.Errorf("Range: got %v, want a@1 and b@2 only", got)
+	}
+	calls := 0
+	s.Range(func(store.Entry) bool { calls++; return false })
+	if calls != 1 {
+		t.Errorf("Range went on after fn returned false: %d calls", calls)
+	}
+
+	s.AdvanceRevision(100)
+	s.AdvanceRevision(50) // never backwards
+	res, err := s.Put("d", nil, store.PutOptions{})
+	if err != nil || res.Revision != 101 {
+		t.Errorf("put after AdvanceRevision(100): got revision %d, %v; want 101", res.Revision, err)
+	}
+}
