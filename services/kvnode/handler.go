@@ -25,6 +25,7 @@ const defaultScanLimit = 100
 // they answer the same input the same way.
 type handler struct {
 	store         *store.Store
+	dur           durability
 	validator     protovalidate.Validator
 	maxValueBytes int
 	now           func() time.Time
@@ -34,36 +35,60 @@ type handler struct {
 // than maxValueBytes are refused with InvalidArgument. validator checks each
 // Batch and Pipeline operation on its own; whole requests are checked by the
 // validation interceptor that the caller installs. now must be the clock st
-// uses, so remaining TTLs agree with expiry.
-func NewHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time) kvv1connect.KVServiceHandler {
-	return &handler{store: st, validator: validator, maxValueBytes: maxValueBytes, now: now}
+// uses, so remaining TTLs agree with expiry. A write is acknowledged only
+// once dur says it is durable.
+func NewHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability) kvv1connect.KVServiceHandler {
+	return &handler{store: st, dur: dur, validator: validator, maxValueBytes: maxValueBytes, now: now}
 }
 
 func (h *handler) Get(_ context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
 	return connect.NewResponse(h.get(req.Msg)), nil
 }
 
-func (h *handler) Put(_ context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
+func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
+	if err := h.dur.Reserve(ctx); err != nil {
+		return nil, durabilityError(err)
+	}
 	resp, err := h.put(req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(resp), nil
-}
-
-func (h *handler) Delete(_ context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
-	resp, err := h.delete(req.Msg)
-	if err != nil {
-		return nil, err
+	if err := h.dur.Wait(ctx, resp.GetRevision()); err != nil {
+		return nil, durabilityError(err)
 	}
 	return connect.NewResponse(resp), nil
 }
 
-func (h *handler) Batch(_ context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
+func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
+	if err := h.dur.Reserve(ctx); err != nil {
+		return nil, durabilityError(err)
+	}
+	resp, err := h.delete(req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.dur.Wait(ctx, resp.GetRevision()); err != nil {
+		return nil, durabilityError(err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// Batch runs the operations in order and waits once, for the last write, so
+// a batch costs one durability wait however many writes it holds.
+func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
+	if err := h.dur.Reserve(ctx); err != nil {
+		return nil, durabilityError(err)
+	}
 	ops := req.Msg.GetOperations()
 	results := make([]*kvv1.OperationResult, len(ops))
+	var last int64
 	for i, op := range ops {
-		results[i] = h.apply(op)
+		var rev int64
+		results[i], rev = h.apply(op)
+		last = max(last, rev)
+	}
+	if err := h.dur.Wait(ctx, last); err != nil {
+		return nil, durabilityError(err)
 	}
 	return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
 }
@@ -94,54 +119,93 @@ func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *c
 	return connect.NewError(connect.CodeUnimplemented, errors.New("watch is not available yet: it is served from the change log"))
 }
 
-// Pipeline answers each operation as it arrives, in arrival order. Store
-// operations never block, so one goroutine keeps up with the stream; the
-// client must read responses while it writes, as HTTP/2 flow control bounds
-// what either side can buffer.
-func (h *handler) Pipeline(_ context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
-	for {
-		req, err := stream.Receive()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		resp := &kvv1.PipelineResponse{Id: req.GetId(), Result: h.apply(req.GetOperation())}
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
+// Pipeline answers each operation as it arrives, in arrival order. This
+// goroutine receives and applies; a second one waits until each write is
+// durable and sends its result, so the log's group commit covers many
+// operations at once instead of one round trip each. The client must read
+// responses while it writes, as HTTP/2 flow control bounds what either side
+// can buffer.
+func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
+	type pending struct {
+		resp *kvv1.PipelineResponse
+		rev  int64
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	queue := make(chan pending, 1024)
+	sendErr := make(chan error, 1)
+	go func() {
+		sendErr <- func() error {
+			for p := range queue {
+				if err := h.dur.Wait(ctx, p.rev); err != nil {
+					return durabilityError(err)
+				}
+				if err := stream.Send(p.resp); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		cancel()
+	}()
+
+	recvErr := func() error {
+		defer close(queue)
+		for {
+			req, err := stream.Receive()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if err := h.dur.Reserve(ctx); err != nil {
+				return durabilityError(err)
+			}
+			result, rev := h.apply(req.GetOperation())
+			select {
+			case queue <- pending{&kvv1.PipelineResponse{Id: req.GetId(), Result: result}, rev}:
+			case <-ctx.Done():
+				return nil
+			}
+		}
+	}()
+	if err := <-sendErr; err != nil {
+		return err
+	}
+	return recvErr
 }
 
 // apply validates and runs one Batch or Pipeline operation. Failures become
 // the operation's result rather than an error, so they never end the call.
-func (h *handler) apply(op *kvv1.Operation) *kvv1.OperationResult {
+// rev is the revision the caller must wait for before acknowledging the
+// result (0 when there is nothing to wait for).
+func (h *handler) apply(op *kvv1.Operation) (_ *kvv1.OperationResult, rev int64) {
 	if op == nil {
-		return errorResult(connect.NewError(connect.CodeInvalidArgument, errors.New("operation: value is required")))
+		return errorResult(connect.NewError(connect.CodeInvalidArgument, errors.New("operation: value is required"))), 0
 	}
 	if err := h.validator.Validate(op); err != nil {
-		return errorResult(validationError(err))
+		return errorResult(validationError(err)), 0
 	}
 	switch o := op.GetOp().(type) {
 	case *kvv1.Operation_Get:
-		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Get{Get: h.get(o.Get)}}
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Get{Get: h.get(o.Get)}}, 0
 	case *kvv1.Operation_Put:
 		resp, err := h.put(o.Put)
 		if err != nil {
-			return errorResult(err)
+			return errorResult(err), 0
 		}
-		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Put{Put: resp}}
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Put{Put: resp}}, resp.GetRevision()
 	case *kvv1.Operation_Delete:
 		resp, err := h.delete(o.Delete)
 		if err != nil {
-			return errorResult(err)
+			return errorResult(err), 0
 		}
-		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Delete{Delete: resp}}
+		return &kvv1.OperationResult{Result: &kvv1.OperationResult_Delete{Delete: resp}}, resp.GetRevision()
 	default:
 		// Validation requires one of the known operations, so this is an
 		// operation added to the schema but not to this switch.
-		return errorResult(connect.NewError(connect.CodeUnimplemented, fmt.Errorf("operation %T is not supported", o)))
+		return errorResult(connect.NewError(connect.CodeUnimplemented, fmt.Errorf("operation %T is not supported", o))), 0
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
-	"github.com/fluxkv/fluxkv/platform/admin"
+	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
 	"github.com/fluxkv/fluxkv/platform/schema"
 	"github.com/fluxkv/fluxkv/platform/store"
@@ -38,6 +38,9 @@ const (
 	DefaultDataDir         = "./flux-data"
 	DefaultMaxValueBytes   = 1 << 20
 	DefaultShutdownTimeout = 10 * time.Second
+
+	DefaultRewriteMinBytes      = 64 << 20
+	DefaultRewriteGrowthPercent = 100
 
 	// minMessageBytes is the smallest cap on one API message: gRPC's
 	// customary 4 MiB, so a Batch of small values is never refused for size.
@@ -61,6 +64,11 @@ type Config struct {
 	ShutdownTimeout time.Duration    // how long Shutdown lets in-flight calls finish
 	Logger          *slog.Logger     // nil means slog.Default()
 	Clock           func() time.Time // time source for TTLs; nil means time.Now (tests inject their own)
+
+	AppendOnly           bool             // keep an append-only file in DataDir/aof; false runs purely in memory
+	AppendFsync          changelog.Policy // when the log is fsynced (default everysec)
+	RewriteMinBytes      int64            // rewrite the log once it is at least this long (default 64 MiB)
+	RewriteGrowthPercent int              // ... and has grown this much since the last rewrite (default 100; -1 disables)
 }
 
 func (c *Config) setDefaults() error {
@@ -101,6 +109,12 @@ func (c *Config) setDefaults() error {
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
+	if c.RewriteMinBytes == 0 {
+		c.RewriteMinBytes = DefaultRewriteMinBytes
+	}
+	if c.RewriteGrowthPercent == 0 {
+		c.RewriteGrowthPercent = DefaultRewriteGrowthPercent
+	}
 	return nil
 }
 
@@ -109,6 +123,7 @@ func (c *Config) setDefaults() error {
 type Node struct {
 	cfg    Config
 	store  *store.Store
+	log    *changelog.Log // nil when the node runs purely in memory
 	health *grpchealth.StaticChecker
 	api    *rpcserver.Server
 	admin  *rpcserver.Server
@@ -131,7 +146,6 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	n := &Node{
 		cfg:   cfg,
-		store: store.New(store.WithClock(cfg.Clock)),
 		errc:  make(chan error, 2),
 		donec: make(chan struct{}),
 	}
@@ -142,6 +156,9 @@ func New(cfg Config) (_ *Node, err error) {
 	}()
 
 	registry := prometheus.NewRegistry()
+	if err := n.openStore(registry); err != nil {
+		return nil, err
+	}
 	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -164,7 +181,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
 	}
-	adminHandler := admin.NewHandler(registry, n.healthy)
+	adminHandler := n.adminHandler(registry)
 	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
@@ -185,7 +202,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
-		NewHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock),
+		NewHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability()),
 		connect.WithInterceptors(rpcMetrics, validation),
 		connect.WithReadMaxBytes(maxMessage),
 	))
@@ -207,6 +224,9 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 // are reported by Wait.
 func (n *Node) Start() {
 	n.store.Start()
+	if n.log != nil {
+		n.log.Start()
+	}
 	for _, srv := range []*rpcserver.Server{n.api, n.admin} {
 		go func() {
 			if err := srv.Serve(); err != nil {
@@ -260,6 +280,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close store: %w", err))
 		}
+		// Last, so every change the store reported is written and fsynced,
+		// whatever the policy.
+		if n.log != nil {
+			if err := n.log.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close append-only file: %w", err))
+			}
+		}
 		n.shutdownErr = errors.Join(errs...)
 		n.cfg.Logger.Info("node stopped", slog.String("node_id", n.cfg.NodeID))
 	})
@@ -289,5 +316,10 @@ func (n *Node) closeAll() {
 	if n.admin != nil {
 		n.admin.Close()
 	}
-	_ = n.store.Close()
+	if n.store != nil {
+		_ = n.store.Close()
+	}
+	if n.log != nil {
+		_ = n.log.Close()
+	}
 }

@@ -39,11 +39,13 @@ func startNode(t *testing.T, cfg kvnode.Config) *kvnode.Node {
 	t.Helper()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.AdminListen = "127.0.0.1:0"
-	cfg.DataDir = t.TempDir()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
 	if cfg.NodeID == "" {
 		cfg.NodeID = "test-node"
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Logger = discardLogger()
 	node, err := kvnode.New(cfg)
 	if err != nil {
 		t.Fatalf("new node: %v", err)
@@ -56,6 +58,8 @@ func startNode(t *testing.T, cfg kvnode.Config) *kvnode.Node {
 	})
 	return node
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 // h2cClient speaks HTTP/2 with prior knowledge, which gRPC and bidi streams
 // need on cleartext ports.
@@ -88,6 +92,8 @@ func forEachProtocol(t *testing.T, cfg kvnode.Config, fn func(t *testing.T, clie
 			clock := newFakeClock()
 			cfg := cfg
 			cfg.Clock = clock.Now
+			// The product's default: every case also exercises the log.
+			cfg.AppendOnly = true
 			node := startNode(t, cfg)
 			client := kvv1connect.NewKVServiceClient(h2cClient(t), node.APIURL(), p.opts...)
 			fn(t, client, clock)
