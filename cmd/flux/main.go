@@ -45,6 +45,7 @@ func commands() []*command {
 		delCommand(),
 		scanCommand(),
 		healthCommand(),
+		aofCommand(),
 		versionCommand(),
 	}
 }

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -15,6 +18,14 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The crash tests start this test binary as a real flux process: it then
+	// runs the command line in FLUX_TEST_EXEC (one argument per line).
+	if args := os.Getenv("FLUX_TEST_EXEC"); args != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := run(&environment{ctx: ctx, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}, strings.Split(args, "\n"))
+		stop()
+		os.Exit(code)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
+	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -15,9 +16,11 @@ func nodeCommand() *command {
 	var (
 		cfg       kvnode.Config
 		cors      = stringList{"*"}
-		logLevel  slog.Level
-		logFormat = "text"
+		logLevel    slog.Level
+		logFormat   = "text"
+		appendFsync = "everysec"
 	)
+	cfg.AppendOnly = true
 	fs.StringVar(&cfg.Listen, "listen", kvnode.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", kvnode.DefaultAdminListen, "`host:port` of the admin port (/healthz, /metrics, /debug/pprof/); keep it private")
 	fs.StringVar(&cfg.DataDir, "data-dir", kvnode.DefaultDataDir, "`directory` for the node's files; created if missing")
@@ -25,6 +28,10 @@ func nodeCommand() *command {
 	fs.IntVar(&cfg.MaxValueBytes, "max-value-bytes", kvnode.DefaultMaxValueBytes, "largest value, in `bytes`, that a Put accepts")
 	fs.Var(&cors, "cors-origins", "comma-separated browser `origins` allowed to call the API; * allows any")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", kvnode.DefaultShutdownTimeout, "on SIGINT/SIGTERM, how long in-flight calls may take to finish")
+	fs.BoolVar(&cfg.AppendOnly, "aof", cfg.AppendOnly, "keep an append-only file in the data dir; --aof=false runs purely in memory")
+	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "when the append-only file is fsynced: `policy` always, everysec or no")
+	fs.Int64Var(&cfg.RewriteMinBytes, "aof-rewrite-min-size", kvnode.DefaultRewriteMinBytes, "rewrite the append-only file only once it is at least this many `bytes`")
+	fs.IntVar(&cfg.RewriteGrowthPercent, "aof-rewrite-percentage", kvnode.DefaultRewriteGrowthPercent, "rewrite when the file has grown this `percent` since the last rewrite; -1 turns automatic rewrites off")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
 
@@ -46,6 +53,11 @@ func nodeCommand() *command {
 		default:
 			return usageError(env, c.name, "--log-format %q: use text or json", logFormat)
 		}
+		policy, err := changelog.ParsePolicy(appendFsync)
+		if err != nil {
+			return usageError(env, c.name, "--appendfsync: %v", err)
+		}
+		cfg.AppendFsync = policy
 		cfg.CORSOrigins = cors
 		return runNode(env, cfg)
 	}
