@@ -14,8 +14,8 @@ import (
 func nodeCommand() *command {
 	fs := newFlagSet("node")
 	var (
-		cfg       kvnode.Config
-		cors      = stringList{"*"}
+		cfg         kvnode.Config
+		cors        = stringList{"*"}
 		logLevel    slog.Level
 		logFormat   = "text"
 		appendFsync = "everysec"
