@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -110,9 +111,12 @@ type Log struct {
 	buf      []byte // encoded records not yet handed to the OS
 	spare    []byte
 	bufLast  int64 // revision of the last record in buf
-	written  int64 // highest revision handed to the OS
-	synced   int64 // highest revision known to be on stable storage
-	failed   error // sticky: the first write or fsync error
+	// written and synced are written under mu but read without it, so that
+	// Wait's common case takes no lock while many writers wait at once.
+	written  atomic.Int64 // highest revision handed to the OS
+	synced   atomic.Int64 // highest revision known to be on stable storage
+	buffered atomic.Int64 // len(buf), for Reserve's lock-free check
+	failed   error        // sticky: the first write or fsync error
 	closed   bool
 	advancec chan struct{} // closed and replaced whenever written, synced or failed change
 	file     File          // active segment
@@ -301,7 +305,9 @@ func (l *Log) Replay(t Target) (ReplayStats, error) {
 		return stats, fmt.Errorf("open active segment: %w", err)
 	}
 	l.file = f
-	l.written, l.synced, l.lastBase = stats.Revision, stats.Revision, l.total
+	l.written.Store(stats.Revision)
+	l.synced.Store(stats.Revision)
+	l.lastBase = l.total
 	stats.Duration = time.Since(start)
 	l.m.replayed.Set(float64(stats.Records))
 	l.m.dropped.Set(float64(stats.DroppedBytes))
@@ -383,7 +389,7 @@ func (l *Log) Append(c store.Change) {
 		return
 	}
 	l.buf, l.bufLast = buf, c.Revision
-	l.m.buffered.Set(float64(len(l.buf)))
+	l.buffered.Store(int64(len(buf)))
 	select {
 	case l.kickc <- struct{}{}:
 	default:
@@ -414,6 +420,9 @@ func (l *Log) fillEvent(c store.Change) {
 // after the stall timeout, or with ctx's error. Writers call it before they
 // change the store, so a stalled disk bounds memory instead of growing it.
 func (l *Log) Reserve(ctx context.Context) error {
+	if l.buffered.Load() < int64(l.cfg.bufferLimit) {
+		return nil
+	}
 	var timeout <-chan time.Time
 	for {
 		l.mu.Lock()
@@ -446,15 +455,20 @@ func (l *Log) Reserve(ctx context.Context) error {
 // promises: on stable storage under FsyncAlways, handed to the OS
 // otherwise. It returns the log's failure if it can no longer write.
 func (l *Log) Wait(ctx context.Context, rev int64) error {
+	done := &l.written
+	if l.cfg.policy == FsyncAlways {
+		done = &l.synced
+	}
 	for {
-		l.mu.Lock()
-		done := l.written
-		if l.cfg.policy == FsyncAlways {
-			done = l.synced
+		if done.Load() >= rev {
+			return nil
 		}
+		l.mu.Lock()
 		c, err := l.advancec, l.errLocked()
 		l.mu.Unlock()
-		if done >= rev {
+		// Checked again now that c is known: an advance between the first
+		// check and taking c would otherwise go unnoticed.
+		if done.Load() >= rev {
 			return nil
 		}
 		if err != nil {
@@ -470,9 +484,7 @@ func (l *Log) Wait(ctx context.Context, rev int64) error {
 
 // Synced is the highest revision known to be on stable storage.
 func (l *Log) Synced() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.synced
+	return l.synced.Load()
 }
 
 // Size is the number of bytes in the log's segments.
@@ -541,6 +553,7 @@ func (l *Log) flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.spare = data[:0]
+	l.buffered.Store(int64(len(l.buf)))
 	l.m.buffered.Set(float64(len(l.buf)))
 	if err != nil {
 		l.failLocked(err)
@@ -548,9 +561,9 @@ func (l *Log) flush() {
 	}
 	l.total += int64(len(data))
 	l.m.size.Set(float64(l.total))
-	l.written = last
+	l.written.Store(last)
 	if l.cfg.policy == FsyncAlways {
-		l.synced = last
+		l.synced.Store(last)
 	}
 	l.broadcastLocked()
 }
@@ -581,7 +594,8 @@ func (l *Log) runSyncer() {
 			return
 		}
 		l.mu.Lock()
-		f, rev, needed := l.file, l.written, l.written > l.synced && l.failed == nil
+		f, rev := l.file, l.written.Load()
+		needed := rev > l.synced.Load() && l.failed == nil
 		l.mu.Unlock()
 		if !needed {
 			continue
@@ -593,8 +607,8 @@ func (l *Log) runSyncer() {
 			// A rotation replaced the file and fsynced it first.
 		case err != nil:
 			l.failLocked(err)
-		case rev > l.synced:
-			l.synced = rev
+		case rev > l.synced.Load():
+			l.synced.Store(rev)
 			l.broadcastLocked()
 		}
 		l.mu.Unlock()
@@ -617,15 +631,16 @@ func (l *Log) Close() error {
 				if _, werr := l.file.Write(l.buf); werr != nil {
 					l.failLocked(werr)
 				} else {
-					l.written = l.bufLast
+					l.written.Store(l.bufLast)
 				}
 				l.buf = nil
+				l.buffered.Store(0)
 			}
 			if l.failed == nil {
 				if serr := l.file.Sync(); serr != nil {
 					l.failLocked(serr)
 				} else {
-					l.synced = l.written
+					l.synced.Store(l.written.Load())
 				}
 			}
 			if cerr := l.file.Close(); cerr != nil && l.failed == nil {

@@ -93,7 +93,7 @@ func (l *Log) rewrite() (err error) {
 
 	if l.cfg.retention != nil {
 		l.mu.Lock()
-		written := l.written
+		written := l.written.Load()
 		l.mu.Unlock()
 		if floor := l.cfg.retention(); floor > 0 && floor <= written {
 			return ErrRewriteDeferred
@@ -185,7 +185,7 @@ func (l *Log) rewrite() (err error) {
 func (l *Log) rotate() rotation {
 	l.flush()
 	l.mu.Lock()
-	f, rev, failed := l.file, l.written, l.failed
+	f, rev, failed := l.file, l.written.Load(), l.failed
 	l.mu.Unlock()
 	if failed != nil {
 		return rotation{err: failed}
@@ -217,7 +217,7 @@ func (l *Log) rotate() rotation {
 
 	l.mu.Lock()
 	l.file = nf
-	l.synced = max(l.synced, rev)
+	l.synced.Store(max(l.synced.Load(), rev))
 	l.total += int64(headerSize)
 	l.broadcastLocked()
 	l.mu.Unlock()
