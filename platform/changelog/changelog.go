@@ -261,27 +261,20 @@ func (l *Log) Replay(t Target) (ReplayStats, error) {
 	start := time.Now()
 	var stats ReplayStats
 	stats.Revision = l.man.BaseRevision
+	ap := startApplier(t)
+	defer ap.close()
 	files := l.man.files()
-	// Unmarshal copies bytes fields out of the payload, so values handed to
-	// apply stay valid while the reader reuses its buffer.
-	var ev cdcv1.ChangeEvent
 	for i, name := range files {
 		path := join(l.dir, name)
 		last := i == len(files)-1
 		end, size, err := scanFile(l.cfg.fs, path, func(payload []byte) error {
-			if err := proto.Unmarshal(payload, &ev); err != nil {
-				return fmt.Errorf("decode record: %w", err)
-			}
-			c, err := changeOf(&ev)
+			c, err := decodeChange(payload)
 			if err != nil {
 				return err
 			}
-			if err := t.Apply(c); err != nil {
-				return fmt.Errorf("apply revision %d: %w", c.Revision, err)
-			}
 			stats.Records++
 			stats.Revision = max(stats.Revision, c.Revision)
-			return nil
+			return ap.add(c)
 		})
 		switch {
 		case errors.Is(err, errTorn) && last:
@@ -298,6 +291,9 @@ func (l *Log) Replay(t Target) (ReplayStats, error) {
 			return stats, err
 		}
 		l.total += size
+	}
+	if err := ap.close(); err != nil {
+		return stats, err
 	}
 	t.AdvanceRevision(stats.Revision)
 	f, err := l.cfg.fs.OpenAppend(join(l.dir, l.man.active()))
@@ -664,29 +660,4 @@ func opOf(op store.Op) cdcv1.Op {
 		return cdcv1.Op_OP_EXPIRE
 	}
 	return cdcv1.Op_OP_UNSPECIFIED
-}
-
-// changeOf converts a logged event back into a store change.
-func changeOf(ev *cdcv1.ChangeEvent) (store.Change, error) {
-	c := store.Change{Revision: ev.GetRevision(), Key: ev.GetKey(), Value: ev.GetValue()}
-	switch ev.GetOp() {
-	case cdcv1.Op_OP_PUT:
-		c.Op = store.OpPut
-	case cdcv1.Op_OP_DELETE:
-		c.Op = store.OpDelete
-	case cdcv1.Op_OP_EXPIRE:
-		c.Op = store.OpExpire
-	default:
-		return c, fmt.Errorf("record with op %v", ev.GetOp())
-	}
-	if ev.GetRevision() < 1 {
-		return c, fmt.Errorf("record with revision %d", ev.GetRevision())
-	}
-	if ts := ev.GetExpireTime(); ts != nil {
-		c.ExpireTime = ts.AsTime()
-	}
-	if ts := ev.GetCommitTime(); ts != nil {
-		c.CommitTime = ts.AsTime()
-	}
-	return c, nil
 }

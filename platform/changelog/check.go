@@ -4,9 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
-	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 )
 
 // CheckResult is what Check found in one segment file.
@@ -28,19 +25,16 @@ func (r CheckResult) OK() bool { return !r.Torn && r.Corrupt == nil }
 // returns an error only when the file cannot be read at all.
 func Check(fsys FS, path string) (CheckResult, error) {
 	res := CheckResult{File: path}
-	var ev cdcv1.ChangeEvent
 	end, size, err := scanFile(fsys, path, func(payload []byte) error {
-		if err := proto.Unmarshal(payload, &ev); err != nil {
-			return fmt.Errorf("decode record: %w", err)
-		}
-		if _, err := changeOf(&ev); err != nil {
+		c, err := decodeChange(payload)
+		if err != nil {
 			return err
 		}
 		if res.Records == 0 {
-			res.FirstRevision = ev.GetRevision()
+			res.FirstRevision = c.Revision
 		}
 		res.Records++
-		res.LastRevision = ev.GetRevision()
+		res.LastRevision = c.Revision
 		return nil
 	})
 	res.Size, res.ValidBytes = size, end

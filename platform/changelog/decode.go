@@ -1,0 +1,139 @@
+package changelog
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
+	"github.com/fluxkv/fluxkv/platform/store"
+)
+
+// Field numbers of flux.cdc.v1.ChangeEvent and google.protobuf.Timestamp,
+// for the replay decoder.
+const (
+	fieldNodeID        = 1
+	fieldRevision      = 2
+	fieldOp            = 3
+	fieldKey           = 4
+	fieldValue         = 5
+	fieldPreviousValue = 6
+	fieldCommitTime    = 7
+	fieldExpireTime    = 8
+
+	fieldSeconds = 1
+	fieldNanos   = 2
+)
+
+var errMalformed = errors.New("malformed record")
+
+// decodeChange decodes a ChangeEvent's wire form straight into a store
+// change. Replay reads every record of the log, so it skips the generic
+// decoder's message and timestamp allocations: only the key and value are
+// copied out of b. It accepts exactly what proto.Unmarshal accepts for the
+// fields it reads (TestDecodeChangeMatchesProto holds it to that) and skips
+// unknown fields, so newer writers can add some.
+func decodeChange(b []byte) (store.Change, error) {
+	var c store.Change
+	var op cdcv1.Op
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return c, errMalformed
+		}
+		b = b[n:]
+		switch {
+		case num == fieldRevision && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			c.Revision, b = int64(v), b[n:]
+		case num == fieldOp && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			op, b = cdcv1.Op(int32(v)), b[n:]
+		case num == fieldKey && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			c.Key, b = string(v), b[n:]
+		case num == fieldValue && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			c.Value, b = append([]byte{}, v...), b[n:]
+		case (num == fieldCommitTime || num == fieldExpireTime) && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			t, err := decodeTimestamp(v)
+			if err != nil {
+				return c, err
+			}
+			if num == fieldCommitTime {
+				c.CommitTime = t
+			} else {
+				c.ExpireTime = t
+			}
+			b = b[n:]
+		default:
+			n := protowire.ConsumeFieldValue(num, typ, b)
+			if n < 0 {
+				return c, errMalformed
+			}
+			b = b[n:]
+		}
+	}
+	switch op {
+	case cdcv1.Op_OP_PUT:
+		c.Op = store.OpPut
+	case cdcv1.Op_OP_DELETE:
+		c.Op = store.OpDelete
+	case cdcv1.Op_OP_EXPIRE:
+		c.Op = store.OpExpire
+	default:
+		return c, fmt.Errorf("record with op %v", op)
+	}
+	if c.Revision < 1 {
+		return c, fmt.Errorf("record with revision %d", c.Revision)
+	}
+	return c, nil
+}
+
+func decodeTimestamp(b []byte) (time.Time, error) {
+	var secs, nanos int64
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return time.Time{}, errMalformed
+		}
+		b = b[n:]
+		if (num == fieldSeconds || num == fieldNanos) && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return time.Time{}, errMalformed
+			}
+			if num == fieldSeconds {
+				secs = int64(v)
+			} else {
+				nanos = int64(int32(v))
+			}
+			b = b[n:]
+			continue
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return time.Time{}, errMalformed
+		}
+		b = b[n:]
+	}
+	return time.Unix(secs, nanos).UTC(), nil
+}
