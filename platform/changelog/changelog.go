@@ -78,8 +78,8 @@ func (p Policy) String() string {
 }
 
 var (
-	// ErrStalled is returned by Reserve when the disk has not accepted
-	// buffered records for longer than the stall timeout.
+	// ErrStalled is returned by Reserve and Wait when the disk has not
+	// accepted records for longer than the stall timeout.
 	ErrStalled = errors.New("append-only file is stalled: the disk is not keeping up")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("append-only file is closed")
@@ -117,6 +117,8 @@ type Log struct {
 	synced   atomic.Int64 // highest revision known to be on stable storage
 	buffered atomic.Int64 // len(buf), for Reserve's lock-free check
 	failed   error        // sticky: the first write or fsync error
+	stalled  bool         // the disk has made no progress for the stall timeout
+	progress time.Time    // when the disk last made progress, or work arrived at an idle log
 	closed   bool
 	advancec chan struct{} // closed and replaced whenever written, synced or failed change
 	file     File          // active segment
@@ -358,9 +360,10 @@ func (l *Log) Start() {
 	}
 	l.started = true
 	l.mu.Unlock()
-	l.wg.Add(2)
+	l.wg.Add(3)
 	go l.runWriter()
 	go l.runRewriter()
+	go l.runWatchdog()
 	if l.cfg.policy == FsyncEverySec {
 		l.wg.Add(1)
 		go l.runSyncer()
@@ -375,6 +378,9 @@ func (l *Log) Append(c store.Change) {
 	defer l.mu.Unlock()
 	if l.failed != nil || l.closed {
 		return
+	}
+	if l.bufLast <= l.durable() {
+		l.progress = time.Now()
 	}
 	l.fillEvent(c)
 	buf, err := appendFrame(l.buf, func(b []byte) ([]byte, error) {
@@ -419,28 +425,20 @@ func (l *Log) Reserve(ctx context.Context) error {
 	if l.buffered.Load() < int64(l.cfg.bufferLimit) {
 		return nil
 	}
-	var timeout <-chan time.Time
 	for {
 		l.mu.Lock()
-		over, c, err := len(l.buf) >= l.cfg.bufferLimit, l.advancec, l.errLocked()
+		over, c, err, stalled := len(l.buf) >= l.cfg.bufferLimit, l.advancec, l.errLocked(), l.stalled
 		l.mu.Unlock()
-		if err != nil {
+		switch {
+		case err != nil:
 			return err
-		}
-		if !over {
+		case !over:
 			return nil
-		}
-		if timeout == nil {
-			l.m.stalls.Inc()
-			l.cfg.logger.Warn("append-only file buffer is full; holding writers", slog.Int("limit_bytes", l.cfg.bufferLimit))
-			timer := time.NewTimer(l.cfg.stallTimeout)
-			defer timer.Stop()
-			timeout = timer.C
+		case stalled:
+			return ErrStalled
 		}
 		select {
 		case <-c:
-		case <-timeout:
-			return ErrStalled
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -449,7 +447,9 @@ func (l *Log) Reserve(ctx context.Context) error {
 
 // Wait blocks until the record of revision rev is as durable as the policy
 // promises: on stable storage under FsyncAlways, handed to the OS
-// otherwise. It returns the log's failure if it can no longer write.
+// otherwise. It gives up with ErrStalled if the disk makes no progress on
+// it for the stall timeout, with ctx's error, or with the log's failure if
+// it can no longer write.
 func (l *Log) Wait(ctx context.Context, rev int64) error {
 	done := &l.written
 	if l.cfg.policy == FsyncAlways {
@@ -460,7 +460,7 @@ func (l *Log) Wait(ctx context.Context, rev int64) error {
 			return nil
 		}
 		l.mu.Lock()
-		c, err := l.advancec, l.errLocked()
+		c, err, stalled := l.advancec, l.errLocked(), l.stalled
 		l.mu.Unlock()
 		// Checked again now that c is known: an advance between the first
 		// check and taking c would otherwise go unnoticed.
@@ -469,6 +469,9 @@ func (l *Log) Wait(ctx context.Context, rev int64) error {
 		}
 		if err != nil {
 			return err
+		}
+		if stalled {
+			return ErrStalled
 		}
 		select {
 		case <-c:
@@ -561,6 +564,7 @@ func (l *Log) flush() {
 	if l.cfg.policy == FsyncAlways {
 		l.synced.Store(last)
 	}
+	l.progress, l.stalled = time.Now(), false
 	l.broadcastLocked()
 }
 
@@ -575,6 +579,41 @@ func (l *Log) sync(f File) error {
 		l.cfg.logger.Warn("slow fsync of the append-only file", slog.Duration("took", d))
 	}
 	return err
+}
+
+// durable is the revision writers wait for under the policy.
+func (l *Log) durable() int64 {
+	if l.cfg.policy == FsyncAlways {
+		return l.synced.Load()
+	}
+	return l.written.Load()
+}
+
+// runWatchdog declares the log stalled when records have waited for the
+// disk longer than the stall timeout, which makes Wait and Reserve fail with
+// ErrStalled instead of holding writers indefinitely; progress clears it.
+// One watchdog costs less than a timer in every Wait.
+func (l *Log) runWatchdog() {
+	defer l.wg.Done()
+	tick := time.NewTicker(max(l.cfg.stallTimeout/5, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+		case <-l.stopc:
+			return
+		}
+		l.mu.Lock()
+		stalled := l.bufLast > l.durable() && time.Since(l.progress) > l.cfg.stallTimeout
+		if stalled && !l.stalled {
+			l.stalled = true
+			l.m.stalls.Inc()
+			l.cfg.logger.Warn("append-only file is stalled: writes are refused until the disk makes progress",
+				slog.Duration("no_progress_for", time.Since(l.progress)))
+			l.broadcastLocked()
+		}
+		l.mu.Unlock()
+	}
 }
 
 // runSyncer fsyncs the active segment once per interval, in the background,

@@ -60,8 +60,8 @@ func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c
 // wait in Reserve beyond it (default 64 MiB).
 func WithBufferLimit(n int) Option { return func(c *config) { c.bufferLimit = n } }
 
-// WithStallTimeout is how long Reserve waits for a stalled disk before
-// failing with ErrStalled (default 5s).
+// WithStallTimeout is how long Reserve and Wait wait for a stalled disk
+// before failing with ErrStalled (default 5s).
 func WithStallTimeout(d time.Duration) Option { return func(c *config) { c.stallTimeout = d } }
 
 // WithSyncInterval sets the background fsync period of FsyncEverySec
