@@ -3,7 +3,6 @@ package changelog
 import (
 	"errors"
 	"fmt"
-
 )
 
 // CheckResult is what Check found in one segment file.
