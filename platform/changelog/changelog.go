@@ -110,7 +110,7 @@ type Log struct {
 	mu      sync.Mutex
 	buf     []byte // encoded records not yet handed to the OS
 	spare   []byte
-	bufLast int64 // revision of the last record in buf
+	bufLast int64 // revision of the last record appended (buffered or not)
 	// written and synced are written under mu but read without it, so that
 	// Wait's common case takes no lock while many writers wait at once.
 	written  atomic.Int64 // highest revision handed to the OS
