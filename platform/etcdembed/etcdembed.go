@@ -1,0 +1,79 @@
+// Package etcdembed runs a single-member etcd inside the process: the
+// coordination service of `flux dev` and of tests that need a real etcd.
+// Other processes (etcdctl, more nodes) can join it on its client URL.
+package etcdembed
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Server is a running embedded etcd.
+type Server struct {
+	etcd      *embed.Etcd
+	clientURL string
+}
+
+// Start runs etcd with its data in dir, serving clients on clientURL (for
+// example http://127.0.0.1:2379; port 0 picks a free port). It returns once
+// etcd serves, or an error within 30 seconds.
+func Start(dir, clientURL string) (*Server, error) {
+	cu, err := url.Parse(clientURL)
+	if err != nil {
+		return nil, fmt.Errorf("etcd client url %q: %w", clientURL, err)
+	}
+	peer, err := freeLoopbackURL()
+	if err != nil {
+		return nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "flux"
+	cfg.Dir = dir
+	cfg.LogLevel = "error"
+	cfg.ListenClientUrls = []url.URL{*cu}
+	cfg.AdvertiseClientUrls = []url.URL{*cu}
+	cfg.ListenPeerUrls = []url.URL{*peer}
+	cfg.AdvertisePeerUrls = []url.URL{*peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	// Keep the history a restarted watcher needs, without growing forever.
+	cfg.AutoCompactionMode = "revision"
+	cfg.AutoCompactionRetention = "10000"
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s did not become ready in 30s", dir)
+	}
+	return &Server{etcd: e, clientURL: "http://" + e.Clients[0].Addr().String()}, nil
+}
+
+// ClientURL is the URL clients connect to, with the port resolved.
+func (s *Server) ClientURL() string { return s.clientURL }
+
+// Close stops etcd. Its data stays in the directory for the next Start.
+func (s *Server) Close() { s.etcd.Close() }
+
+// freeLoopbackURL finds a free port for etcd's peer listener, which a
+// single-member cluster needs but nobody dials.
+func freeLoopbackURL() (*url.URL, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("find a port for etcd: %w", err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		return nil, err
+	}
+	return &url.URL{Scheme: "http", Host: addr}, nil
+}
