@@ -1,0 +1,151 @@
+// Package discovery is how Flux-KV processes find each other through etcd.
+//
+// Two prefixes hold the cluster's state. /flux/members/<id> records each
+// node that ever joined (persistent: the ring is built over members, so a
+// node that is down keeps its keys). /flux/services/<service full
+// name>/<instance id> holds one lease-backed key per live instance of any
+// gRPC or Connect service, with a JSON Instance as its value; the key
+// disappears when its lease expires or is revoked. The format is public, so
+// services that are not Flux-KV's register the same way (see
+// docs/discovery.md) and the gateway serves them.
+//
+// Register keeps an instance registered; Watcher keeps a consistent
+// snapshot of both prefixes and reports changes.
+package discovery
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Key prefixes in etcd.
+const (
+	Prefix         = "/flux/"
+	MembersPrefix  = Prefix + "members/"
+	ServicesPrefix = Prefix + "services/"
+)
+
+// Instance is the value of a live instance's key.
+type Instance struct {
+	ID           string    `json:"id"`            // instance id, also the last key segment
+	Address      string    `json:"address"`       // host:port of the API listener (h2c)
+	AdminAddress string    `json:"admin_address"` // host:port of the admin listener
+	StartedAt    time.Time `json:"started_at"`    // RFC 3339
+	Version      string    `json:"version"`       // build of the instance
+}
+
+// Member is the value of a member's key.
+type Member struct {
+	ID       string    `json:"id"`
+	JoinedAt time.Time `json:"joined_at"`
+}
+
+// MemberKey is the etcd key of member id.
+func MemberKey(id string) string { return MembersPrefix + id }
+
+// InstanceKey is the etcd key of an instance of service.
+func InstanceKey(service, id string) string { return ServicesPrefix + service + "/" + id }
+
+// Snapshot is the cluster as of one etcd revision.
+type Snapshot struct {
+	Revision  int64
+	Members   map[string]Member              // by id
+	Instances map[string]map[string]Instance // by service, then instance id
+}
+
+// MemberIDs returns the member ids, sorted.
+func (s *Snapshot) MemberIDs() []string {
+	ids := make([]string, 0, len(s.Members))
+	for id := range s.Members {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Live returns the live instances of service, sorted by id.
+func (s *Snapshot) Live(service string) []Instance {
+	m := s.Instances[service]
+	out := make([]Instance, 0, len(m))
+	for _, inst := range m {
+		out = append(out, inst)
+	}
+	slices.SortFunc(out, func(a, b Instance) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// Services returns the names of services with at least one live instance,
+// sorted.
+func (s *Snapshot) Services() []string {
+	names := make([]string, 0, len(s.Instances))
+	for name, m := range s.Instances {
+		if len(m) > 0 {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (s *Snapshot) clone() *Snapshot {
+	c := &Snapshot{Revision: s.Revision, Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
+	for id, m := range s.Members {
+		c.Members[id] = m
+	}
+	for svc, m := range s.Instances {
+		cm := make(map[string]Instance, len(m))
+		for id, inst := range m {
+			cm[id] = inst
+		}
+		c.Instances[svc] = cm
+	}
+	return c
+}
+
+// apply records one key's new value (nil: deleted). Keys that are not ours
+// or do not parse are ignored: the prefixes are public and a bad entry from
+// someone else must not break discovery.
+func (s *Snapshot) apply(key string, value []byte) error {
+	switch {
+	case strings.HasPrefix(key, MembersPrefix):
+		id := strings.TrimPrefix(key, MembersPrefix)
+		if value == nil {
+			delete(s.Members, id)
+			return nil
+		}
+		var m Member
+		if err := json.Unmarshal(value, &m); err != nil {
+			return fmt.Errorf("member %s: %w", key, err)
+		}
+		m.ID = id
+		s.Members[id] = m
+	case strings.HasPrefix(key, ServicesPrefix):
+		svc, id, ok := strings.Cut(strings.TrimPrefix(key, ServicesPrefix), "/")
+		if !ok || svc == "" || id == "" || strings.Contains(id, "/") {
+			return fmt.Errorf("instance key %s: want %s<service>/<id>", key, ServicesPrefix)
+		}
+		if value == nil {
+			delete(s.Instances[svc], id)
+			if len(s.Instances[svc]) == 0 {
+				delete(s.Instances, svc)
+			}
+			return nil
+		}
+		var inst Instance
+		if err := json.Unmarshal(value, &inst); err != nil {
+			return fmt.Errorf("instance %s: %w", key, err)
+		}
+		if inst.Address == "" {
+			return fmt.Errorf("instance %s: no address", key)
+		}
+		inst.ID = id
+		if s.Instances[svc] == nil {
+			s.Instances[svc] = map[string]Instance{}
+		}
+		s.Instances[svc][id] = inst
+	}
+	return nil
+}

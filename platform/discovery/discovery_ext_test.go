@@ -1,0 +1,161 @@
+package discovery_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/fluxkv/fluxkv/platform/discovery"
+	"github.com/fluxkv/fluxkv/platform/etcdembed"
+)
+
+func startEtcd(t *testing.T) *clientv3.Client {
+	t.Helper()
+	srv, err := etcdembed.Start(t.TempDir(), "http://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.ClientURL()}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return client
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// waitFor polls the watcher's snapshot until cond holds, failing after 10s.
+func waitFor(t *testing.T, w *discovery.Watcher, what string, cond func(*discovery.Snapshot) bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		changed := w.Changed()
+		if cond(w.Snapshot()) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s; snapshot %+v", what, w.Snapshot())
+		}
+	}
+}
+
+func TestRegisterWatchAndRevoke(t *testing.T) {
+	t.Parallel()
+	client := startEtcd(t)
+	ctx := context.Background()
+	w := discovery.NewWatcher(client, quiet)
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	added, err := discovery.AddMember(ctx, client, "n1")
+	if err != nil || !added {
+		t.Fatalf("add member: %v, %v", added, err)
+	}
+	if again, err := discovery.AddMember(ctx, client, "n1"); err != nil || again {
+		t.Fatalf("adding a member twice: added %v, %v", again, err)
+	}
+	inst := discovery.Instance{ID: "n1", Address: "127.0.0.1:7701", AdminAddress: "127.0.0.1:9701", StartedAt: time.Now().UTC().Truncate(time.Second), Version: "test"}
+	reg, err := discovery.Register(ctx, client, "flux.kv.v1.KVService", inst, discovery.WithTTL(2*time.Second), discovery.WithLogger(quiet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, "n1 live", func(s *discovery.Snapshot) bool {
+		live := s.Live("flux.kv.v1.KVService")
+		return len(live) == 1 && live[0] == inst && len(s.MemberIDs()) == 1
+	})
+
+	// Losing the lease (as after an etcd outage longer than the TTL) makes
+	// the registration come back with a new lease.
+	resp, err := client.Get(ctx, discovery.InstanceKey("flux.kv.v1.KVService", "n1"))
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get registration: %v", err)
+	}
+	oldLease := resp.Kvs[0].Lease
+	if _, err := client.Revoke(ctx, clientv3.LeaseID(oldLease)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := client.Get(ctx, discovery.InstanceKey("flux.kv.v1.KVService", "n1"))
+		if err == nil && len(resp.Kvs) == 1 && resp.Kvs[0].Lease != oldLease {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("instance was not re-registered after its lease was revoked")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Close revokes the lease: the instance disappears at once, the member
+	// stays.
+	if err := reg.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, "n1 gone", func(s *discovery.Snapshot) bool {
+		return len(s.Live("flux.kv.v1.KVService")) == 0 && len(s.MemberIDs()) == 1
+	})
+}
+
+func TestWatcherIgnoresForeignJunk(t *testing.T) {
+	t.Parallel()
+	client := startEtcd(t)
+	ctx := context.Background()
+	if _, err := client.Put(ctx, discovery.ServicesPrefix+"acme.v1.Thing/bad", "not json"); err != nil {
+		t.Fatal(err)
+	}
+	w := discovery.NewWatcher(client, quiet)
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := client.Put(ctx, discovery.ServicesPrefix+"acme.v1.Thing/i1", `{"id":"i1","address":"127.0.0.1:9000"}`); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, "acme instance", func(s *discovery.Snapshot) bool {
+		live := s.Live("acme.v1.Thing")
+		return len(live) == 1 && live[0].Address == "127.0.0.1:9000"
+	})
+	if got := w.Snapshot().Services(); len(got) != 1 || got[0] != "acme.v1.Thing" {
+		t.Errorf("services: %v", got)
+	}
+}
+
+// TestWatcherResyncsAfterCompaction starts a watcher from a revision etcd
+// has compacted away: it must load everything again and see the changes.
+func TestWatcherResyncsAfterCompaction(t *testing.T) {
+	t.Parallel()
+	client := startEtcd(t)
+	ctx := context.Background()
+	first := discovery.NewWatcher(client, quiet)
+	if err := first.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := first.Snapshot()
+	first.Close()
+
+	var last int64
+	for _, id := range []string{"a", "b", "c"} {
+		resp, err := client.Put(ctx, discovery.MemberKey(id), `{"id":"`+id+`"}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	if _, err := client.Compact(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	w := discovery.NewWatcher(client, quiet)
+	w.StartFrom(old)
+	defer w.Close()
+	waitFor(t, w, "members after resync", func(s *discovery.Snapshot) bool { return len(s.MemberIDs()) == 3 })
+}

@@ -1,0 +1,166 @@
+package discovery
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// DefaultTTL is how long an instance stays registered after its process
+// stops renewing its lease.
+const DefaultTTL = 5 * time.Second
+
+// Registration keeps one instance registered under a lease, re-registering
+// with a new lease whenever the old one is lost (an etcd outage longer than
+// the TTL, a partition). Close revokes the lease, so the instance disappears
+// at once.
+type Registration struct {
+	client  *clientv3.Client
+	key     string
+	value   string
+	ttl     time.Duration
+	logger  *slog.Logger
+	session *concurrency.Session // guarded by mu
+	mu      sync.Mutex
+	// keepCtx bounds the lease keep-alives, which outlive the calls that
+	// start them.
+	keepCtx    context.Context
+	keepCancel context.CancelFunc
+
+	closeOnce sync.Once
+	stopc     chan struct{}
+	donec     chan struct{}
+}
+
+// RegisterOption configures Register.
+type RegisterOption func(*Registration)
+
+// WithTTL sets the lease TTL, rounded up to whole seconds (default 5s).
+func WithTTL(d time.Duration) RegisterOption { return func(r *Registration) { r.ttl = d } }
+
+// WithLogger sets where lease losses and re-registrations are logged.
+func WithLogger(l *slog.Logger) RegisterOption { return func(r *Registration) { r.logger = l } }
+
+// Register puts inst under /flux/services/<service>/<inst.ID> with a lease
+// and keeps it there until Close. It fails if the first registration does
+// not succeed before ctx ends.
+func Register(ctx context.Context, client *clientv3.Client, service string, inst Instance, opts ...RegisterOption) (*Registration, error) {
+	value, err := json.Marshal(inst)
+	if err != nil {
+		return nil, err
+	}
+	r := &Registration{
+		client: client,
+		key:    InstanceKey(service, inst.ID),
+		value:  string(value),
+		ttl:    DefaultTTL,
+		logger: slog.Default(),
+		stopc:  make(chan struct{}),
+		donec:  make(chan struct{}),
+	}
+	for _, opt := range opts {
+		opt(r)
+	}
+	r.keepCtx, r.keepCancel = context.WithCancel(context.Background())
+	session, err := r.register(ctx)
+	if err != nil {
+		r.keepCancel()
+		return nil, err
+	}
+	r.session = session
+	go r.keep(session)
+	return r, nil
+}
+
+// AddMember records id under /flux/members/ unless it is there already,
+// and reports whether it was added.
+func AddMember(ctx context.Context, client *clientv3.Client, id string) (bool, error) {
+	value, err := json.Marshal(Member{ID: id, JoinedAt: time.Now().UTC()})
+	if err != nil {
+		return false, err
+	}
+	key := MemberKey(id)
+	resp, err := client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("record member %s: %w", id, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// register grants a lease within ctx, keeps it alive until Close, and puts
+// the instance under it.
+func (r *Registration) register(ctx context.Context) (*concurrency.Session, error) {
+	secs := int64((r.ttl + time.Second - 1) / time.Second)
+	lease, err := r.client.Grant(ctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("etcd lease: %w", err)
+	}
+	session, err := concurrency.NewSession(r.client, concurrency.WithLease(lease.ID), concurrency.WithContext(r.keepCtx))
+	if err != nil {
+		return nil, fmt.Errorf("etcd session: %w", err)
+	}
+	if _, err := r.client.Put(ctx, r.key, r.value, clientv3.WithLease(session.Lease())); err != nil {
+		session.Orphan()
+		return nil, fmt.Errorf("register %s: %w", r.key, err)
+	}
+	return session, nil
+}
+
+// keep waits for the session to end and registers again, backing off while
+// etcd is unreachable.
+func (r *Registration) keep(session *concurrency.Session) {
+	defer close(r.donec)
+	for {
+		select {
+		case <-r.stopc:
+			return
+		case <-session.Done():
+		}
+		r.logger.Warn("etcd lease lost; re-registering", slog.String("key", r.key))
+		backoff := 250 * time.Millisecond
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			next, err := r.register(ctx)
+			cancel()
+			if err == nil {
+				session = next
+				r.mu.Lock()
+				r.session = next
+				r.mu.Unlock()
+				r.logger.Info("re-registered in etcd", slog.String("key", r.key))
+				break
+			}
+			select {
+			case <-r.stopc:
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	}
+}
+
+// Close stops re-registering and revokes the lease, removing the instance
+// at once. It is idempotent.
+func (r *Registration) Close() error {
+	var err error
+	r.closeOnce.Do(func() {
+		close(r.stopc)
+		<-r.donec
+		r.mu.Lock()
+		session := r.session
+		r.mu.Unlock()
+		err = session.Close()
+		r.keepCancel()
+	})
+	return err
+}
