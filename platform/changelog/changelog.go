@@ -116,6 +116,7 @@ type Log struct {
 	written  atomic.Int64 // highest revision handed to the OS
 	synced   atomic.Int64 // highest revision known to be on stable storage
 	buffered atomic.Int64 // len(buf), for Reserve's lock-free check
+	broken   atomic.Bool  // failed or closed, for Reserve's lock-free check
 	failed   error        // sticky: the first write or fsync error
 	stalled  bool         // the disk has made no progress for the stall timeout
 	progress time.Time    // when the disk last made progress, or work arrived at an idle log
@@ -422,7 +423,7 @@ func (l *Log) fillEvent(c store.Change) {
 // after the stall timeout, or with ctx's error. Writers call it before they
 // change the store, so a stalled disk bounds memory instead of growing it.
 func (l *Log) Reserve(ctx context.Context) error {
-	if l.buffered.Load() < int64(l.cfg.bufferLimit) {
+	if l.buffered.Load() < int64(l.cfg.bufferLimit) && !l.broken.Load() {
 		return nil
 	}
 	for {
@@ -505,6 +506,7 @@ func (l *Log) errLocked() error {
 
 func (l *Log) failLocked(err error) {
 	if l.failed == nil {
+		l.broken.Store(true)
 		l.failed = fmt.Errorf("append-only file failed: %w", err)
 		l.cfg.logger.Error("append-only file failed; writes are refused until restart", slog.Any("error", err))
 		l.broadcastLocked()
@@ -683,6 +685,7 @@ func (l *Log) Close() error {
 			}
 		}
 		l.closed = true
+		l.broken.Store(true)
 		l.broadcastLocked()
 		err = l.failed
 	})

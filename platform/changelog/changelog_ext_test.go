@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -297,11 +299,17 @@ func TestPowerLossEverySec(t *testing.T) {
 		if rev != int64(i) {
 			t.Fatalf("write %d got revision %d", i, rev)
 		}
+		if i%500 == 0 {
+			time.Sleep(10 * time.Millisecond) // let background fsyncs happen between bursts
+		}
 		if i == cutAfter {
 			synced = n.log.Synced()
 			crashed = fsys.Crash()
 			break
 		}
+	}
+	if synced == 0 {
+		t.Fatal("no background fsync ran before the cut: the test would prove nothing")
 	}
 	again := start(t, crashed)
 	got := contents(again.store)
@@ -423,10 +431,141 @@ func TestRewriteCrashAtEachStep(t *testing.T) {
 			if again.store.Revision() != n.store.Revision() {
 				t.Errorf("revision: got %d, want %d", again.store.Revision(), n.store.Revision())
 			}
-			// The recovered log keeps working and rewrites cleanly.
+			// Only the files the manifest names are left, and the recovered log
+			// keeps working.
+			names, err := crashed.List(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range names {
+				if name != "MANIFEST" && !strings.HasPrefix(name, "base-") && !strings.HasPrefix(name, "incr-") || strings.HasSuffix(name, ".tmp") {
+					t.Errorf("stray file %s after restart", name)
+				}
+			}
 			if _, err := again.put("after", "crash"); err != nil {
 				t.Fatal(err)
 			}
 		})
 	}
+}
+
+// TestDamagedLengthIsCorruptionNotATornTail: a bit flip in a length field
+// must stop the start, not make it drop every record after it as torn.
+func TestDamagedLengthIsCorruptionNotATornTail(t *testing.T) {
+	t.Parallel()
+	fsys := newMemFS()
+	n := start(t, fsys)
+	var sizes []int64
+	for i := range 50 {
+		if _, err := n.put(fmt.Sprintf("k%d", i), "value"); err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, n.log.Size())
+	}
+	n.close()
+	seg := dir + "/incr-00000001.aof"
+	data := fsys.bytes(seg)
+	data[sizes[1]+1] ^= 0x40 // the third record's length now points past the end
+	fsys.setBytes(seg, data)
+	_, err := open(t, fsys)
+	var corrupt *changelog.CorruptError
+	if !errors.As(err, &corrupt) || corrupt.Offset != sizes[1] {
+		t.Fatalf("open: got %v, want a CorruptError at offset %d", err, sizes[1])
+	}
+}
+
+// TestZeroFilledTailIsTorn: zeros where unsynced appends were lost are a
+// torn tail, cut off like one.
+func TestZeroFilledTailIsTorn(t *testing.T) {
+	t.Parallel()
+	fsys := newMemFS()
+	n := start(t, fsys)
+	for i := range 3 {
+		if _, err := n.put(fmt.Sprintf("k%d", i), "value"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.close()
+	seg := dir + "/incr-00000001.aof"
+	whole := fsys.bytes(seg)
+	fsys.setBytes(seg, append(whole, make([]byte, 300)...))
+	again, err := open(t, fsys)
+	if err != nil {
+		t.Fatalf("open with a zero-filled tail: %v", err)
+	}
+	defer again.close()
+	if got := contents(again.store); len(got) != 3 || again.stats.DroppedBytes != 300 {
+		t.Errorf("got %d keys and %d dropped bytes, want 3 and 300", len(got), again.stats.DroppedBytes)
+	}
+}
+
+// TestRewriteOfAnEmptyStore: a rewrite with no live keys writes a valid,
+// empty base, and the node starts from it with its revision intact.
+func TestRewriteOfAnEmptyStore(t *testing.T) {
+	t.Parallel()
+	fsys := newMemFS()
+	var s *store.Store
+	n := start(t, fsys, changelog.WithSnapshot(func(fn func(store.Entry) bool) { s.Range(fn) }))
+	s = n.store
+	if _, err := n.put("k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.del("k"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.log.Rewrite(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n.close()
+	again, err := open(t, fsys)
+	if err != nil {
+		t.Fatalf("open after rewriting an empty store: %v", err)
+	}
+	defer again.close()
+	if got := contents(again.store); len(got) != 0 || again.store.Revision() != 2 {
+		t.Errorf("got %v at revision %d, want nothing at revision 2", got, again.store.Revision())
+	}
+}
+
+// TestWritesAreRefusedOnceTheLogFails: after a write error the log refuses
+// new writers in Reserve, before they change the store.
+func TestWritesAreRefusedOnceTheLogFails(t *testing.T) {
+	t.Parallel()
+	fsys := &failingFS{memFS: newMemFS()}
+	n := start(t, fsys)
+	if _, err := n.put("ok", "v"); err != nil {
+		t.Fatal(err)
+	}
+	fsys.fail.Store(true)
+	if _, err := n.put("lost", "v"); err == nil {
+		t.Fatal("a write was acknowledged after the disk failed")
+	}
+	if err := n.log.Reserve(context.Background()); err == nil {
+		t.Fatal("Reserve let a writer in after the log failed")
+	}
+}
+
+type failingFS struct {
+	*memFS
+	fail atomic.Bool
+}
+
+type failingFile struct {
+	changelog.File
+	fs *failingFS
+}
+
+func (f failingFile) Write(p []byte) (int, error) {
+	if f.fs.fail.Load() {
+		return 0, errors.New("injected write error")
+	}
+	return f.File.Write(p)
+}
+
+func (f *failingFS) OpenAppend(name string) (changelog.File, error) {
+	file, err := f.memFS.OpenAppend(name)
+	if err != nil {
+		return nil, err
+	}
+	return failingFile{file, f}, nil
 }

@@ -11,14 +11,17 @@ import (
 
 // File layout. Every segment starts with a header: the 8-byte magic, then
 // the format version and the segment kind as little-endian uint32s. Records
-// follow back to back: a little-endian uint32 payload length, a uint32
-// CRC-32C of the length bytes and the payload, then the payload, a
-// flux.cdc.v1.ChangeEvent in protobuf binary.
+// follow back to back, each a 12-byte frame and a payload: the payload's
+// length, the CRC-32C of those 4 length bytes, and the CRC-32C of the
+// payload, all little-endian uint32s; then the payload, a
+// flux.cdc.v1.ChangeEvent in protobuf binary. The length has a checksum of
+// its own so that a damaged length is recognised as damage, not mistaken
+// for a record that a crash cut short.
 const (
 	magic         = "FLUXAOF\n"
 	formatVersion = 1
 	headerSize    = len(magic) + 8
-	frameSize     = 8
+	frameSize     = 12
 
 	// MaxRecordBytes bounds a record's payload. A larger length prefix is
 	// corruption, so a hostile or damaged file never makes the reader
@@ -70,9 +73,8 @@ func appendFrame(b []byte, marshal func([]byte) ([]byte, error)) ([]byte, error)
 		return b[:start], fmt.Errorf("record of %d bytes is over the %d-byte limit", n, MaxRecordBytes)
 	}
 	binary.LittleEndian.PutUint32(b[start:], uint32(n))
-	crc := crc32.Update(0, castagnoli, b[start:start+4])
-	crc = crc32.Update(crc, castagnoli, b[start+frameSize:])
-	binary.LittleEndian.PutUint32(b[start+4:], crc)
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(b[start:start+4], castagnoli))
+	binary.LittleEndian.PutUint32(b[start+8:], crc32.Checksum(b[start+frameSize:], castagnoli))
 	return b, nil
 }
 
@@ -112,7 +114,9 @@ func newSegmentReader(r io.Reader, name string, size int64) (*segmentReader, err
 
 // next returns the next record's payload, valid until the following call.
 // It returns io.EOF at a clean end, errTorn for a torn last record (off is
-// then where the whole records end), and a *CorruptError otherwise.
+// then where the whole records end), and a *CorruptError otherwise. A tail
+// of zero bytes, which a file system can leave where unsynced appends were
+// lost, counts as torn.
 func (sr *segmentReader) next() ([]byte, error) {
 	remaining := sr.size - sr.off
 	if remaining == 0 {
@@ -123,6 +127,12 @@ func (sr *segmentReader) next() ([]byte, error) {
 	}
 	if _, err := io.ReadFull(sr.r, sr.frame[:]); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", sr.name, sr.off, err)
+	}
+	if crc32.Checksum(sr.frame[:4], castagnoli) != binary.LittleEndian.Uint32(sr.frame[4:]) {
+		if isZero(sr.frame[:]) && sr.restIsZero() {
+			return nil, errTorn
+		}
+		return nil, &CorruptError{File: sr.name, Offset: sr.off, Reason: "record length checksum mismatch"}
 	}
 	n := int64(binary.LittleEndian.Uint32(sr.frame[:4]))
 	if n > MaxRecordBytes {
@@ -138,14 +148,38 @@ func (sr *segmentReader) next() ([]byte, error) {
 	if _, err := io.ReadFull(sr.r, payload); err != nil {
 		return nil, fmt.Errorf("read %s at %d: %w", sr.name, sr.off, err)
 	}
-	crc := crc32.Update(0, castagnoli, sr.frame[:4])
-	crc = crc32.Update(crc, castagnoli, payload)
-	if crc != binary.LittleEndian.Uint32(sr.frame[4:]) {
+	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(sr.frame[8:]) {
 		if frameSize+n == remaining {
 			return nil, errTorn
 		}
-		return nil, &CorruptError{File: sr.name, Offset: sr.off, Reason: "checksum mismatch"}
+		return nil, &CorruptError{File: sr.name, Offset: sr.off, Reason: "record checksum mismatch"}
 	}
 	sr.off += frameSize + n
 	return payload, nil
+}
+
+// restIsZero reports whether every byte after the current frame is zero.
+func (sr *segmentReader) restIsZero() bool {
+	chunk := make([]byte, 64<<10)
+	for {
+		n, err := sr.r.Read(chunk)
+		if !isZero(chunk[:n]) {
+			return false
+		}
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -44,15 +44,29 @@ func (l *Log) runRewriter() {
 	defer l.wg.Done()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	// After a failed automatic rewrite, wait before the next one: each
+	// attempt rotates to a new segment, and retrying every second would
+	// pile them up.
+	var notBefore time.Time
+	backoff := time.Minute
 	for {
 		select {
 		case reply := <-l.rewritec:
 			reply <- l.rewrite()
 		case <-tick.C:
-			if l.due() {
-				if err := l.rewrite(); err != nil && !errors.Is(err, ErrRewriteDeferred) {
-					l.cfg.logger.Error("automatic rewrite of the append-only file failed", slog.Any("error", err))
-				}
+			if time.Now().Before(notBefore) || !l.due() {
+				continue
+			}
+			switch err := l.rewrite(); {
+			case err == nil:
+				backoff = time.Minute
+			case errors.Is(err, ErrRewriteDeferred):
+				notBefore = time.Now().Add(10 * time.Second)
+			default:
+				l.cfg.logger.Error("automatic rewrite of the append-only file failed; retrying later",
+					slog.Any("error", err), slog.Duration("retry_in", backoff))
+				notBefore = time.Now().Add(backoff)
+				backoff = min(2*backoff, 30*time.Minute)
 			}
 		case <-l.stopc:
 			return
@@ -92,10 +106,7 @@ func (l *Log) rewrite() (err error) {
 	}()
 
 	if l.cfg.retention != nil {
-		l.mu.Lock()
-		written := l.written.Load()
-		l.mu.Unlock()
-		if floor := l.cfg.retention(); floor > 0 && floor <= written {
+		if floor := l.cfg.retention(); floor > 0 && floor <= l.written.Load() {
 			return ErrRewriteDeferred
 		}
 	}
@@ -207,11 +218,14 @@ func (l *Log) rotate() rotation {
 	}
 	next.Segments = append(next.Segments, seg)
 	if err := writeManifest(l.cfg.fs, l.dir, &next); err != nil {
-		return rotation{err: err}
+		// The manifest on disk may already name the new segment while
+		// writes would go on to the old one: stop writing rather than
+		// leave a log that cannot be replayed.
+		return l.failRotation(err)
 	}
 	nf, err := l.cfg.fs.OpenAppend(join(l.dir, seg))
 	if err != nil {
-		return rotation{err: fmt.Errorf("open new segment: %w", err)}
+		return l.failRotation(fmt.Errorf("open new segment: %w", err))
 	}
 	*l.man = next
 
@@ -227,6 +241,13 @@ func (l *Log) rotate() rotation {
 	return rotation{revision: rev}
 }
 
+func (l *Log) failRotation(err error) rotation {
+	l.mu.Lock()
+	l.failLocked(fmt.Errorf("rotate: %w", err))
+	l.mu.Unlock()
+	return rotation{err: err}
+}
+
 // writeBase writes the snapshot into a temporary file, syncs it and renames
 // it into place. It returns the file's size.
 func (l *Log) writeBase(name string) (int64, error) {
@@ -239,12 +260,17 @@ func (l *Log) writeBase(name string) (int64, error) {
 	var (
 		size     int64
 		frame    []byte
-		writeErr error
 		ev       cdcv1.ChangeEvent
 		expireTS timestamppb.Timestamp
 	)
-	frame = appendHeader(frame, kindBase)
+	// The header goes out first: a store with no live keys still gets a
+	// valid, empty base.
+	n, writeErr := w.Write(appendHeader(nil, kindBase))
+	size += int64(n)
 	l.cfg.snapshot(func(e store.Entry) bool {
+		if writeErr != nil {
+			return false
+		}
 		ev = cdcv1.ChangeEvent{NodeId: l.nodeID, Revision: e.ModRevision, Op: cdcv1.Op_OP_PUT, Key: e.Key, Value: e.Value}
 		if !e.ExpireTime.IsZero() {
 			expireTS = timestamppb.Timestamp{Seconds: e.ExpireTime.Unix(), Nanos: int32(e.ExpireTime.Nanosecond())}

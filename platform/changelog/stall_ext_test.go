@@ -3,6 +3,7 @@ package changelog_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +41,12 @@ func (s *stallFS) OpenAppend(name string) (changelog.File, error) {
 func TestStalledDiskDoesNotHoldWritersForever(t *testing.T) {
 	t.Parallel()
 	fsys := &stallFS{memFS: newMemFS(), stalled: make(chan struct{})}
+	var once sync.Once
+	recovered := func() { once.Do(func() { close(fsys.stalled) }) }
 	n := start(t, fsys, changelog.WithStallTimeout(50*time.Millisecond), changelog.WithBufferLimit(4096))
+	// Cleanups run last-registered first: this one unblocks the writer
+	// before start's cleanup closes the log, even if the test fails early.
+	t.Cleanup(recovered)
 	ctx := context.Background()
 
 	res, err := n.store.Put("k", []byte("v"), store.PutOptions{})
@@ -65,7 +71,7 @@ func TestStalledDiskDoesNotHoldWritersForever(t *testing.T) {
 
 	// The disk recovers: once the writer has drained what piled up, writes
 	// are acknowledged again.
-	close(fsys.stalled)
+	recovered()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := n.put("after", "stall")

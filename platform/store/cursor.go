@@ -13,6 +13,11 @@ const cursorVersion = 1
 
 var cursorEncoding = base64.RawURLEncoding.Strict()
 
+// CursorAfter returns the Scan cursor that resumes after key. Cursors name
+// a key, not a position in one store, so a coordinator merging the scans of
+// several stores can hand each of them the same cursor.
+func CursorAfter(key string) string { return encodeCursor(key) }
+
 // encodeCursor returns the cursor that resumes a scan after key.
 func encodeCursor(key string) string {
 	b := make([]byte, 1+len(key))

@@ -97,19 +97,35 @@ func (n *Node) adminHandler(registry prometheus.Gatherer) http.Handler {
 	return mux
 }
 
-// durabilityError maps a failure to make a write durable. The write has
-// happened in memory; the client is told it is not acknowledged.
-func durabilityError(err error) *connect.Error {
+// refusedError maps a Reserve failure: nothing was written, so the client
+// may simply retry.
+func refusedError(err error) *connect.Error {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("write not acknowledged: the deadline passed before it was durable"))
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("write refused: the deadline passed while the disk caught up"))
 	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, errors.New("write not acknowledged: the call was canceled before it was durable"))
+		return connect.NewError(connect.CodeCanceled, errors.New("write refused: the call was canceled"))
 	case errors.Is(err, changelog.ErrStalled):
 		return connect.NewError(connect.CodeUnavailable, errors.New("write refused: the disk is not keeping up"))
 	case errors.Is(err, changelog.ErrClosed):
-		return connect.NewError(connect.CodeUnavailable, errors.New("node is shutting down"))
+		return connect.NewError(connect.CodeUnavailable, errors.New("write refused: the node is shutting down"))
 	default:
-		return connect.NewError(connect.CodeUnavailable, errors.New("write not acknowledged: the append-only file is failing"))
+		return connect.NewError(connect.CodeUnavailable, errors.New("write refused: the append-only file is failing"))
+	}
+}
+
+// unconfirmedError maps a Wait failure. The write is already in memory (and
+// may yet reach the disk), so its outcome is unknown: a client must read the
+// key before retrying a conditional write.
+func unconfirmedError(err error) *connect.Error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, errors.New("outcome unknown: the deadline passed before the write was durable"))
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, errors.New("outcome unknown: the call was canceled before the write was durable"))
+	case errors.Is(err, changelog.ErrStalled):
+		return connect.NewError(connect.CodeUnknown, errors.New("outcome unknown: the write was applied but the disk did not confirm it in time"))
+	default:
+		return connect.NewError(connect.CodeUnknown, errors.New("outcome unknown: the write was applied but the append-only file failed"))
 	}
 }

@@ -47,28 +47,28 @@ func (h *handler) Get(_ context.Context, req *connect.Request[kvv1.GetRequest]) 
 
 func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
 	if err := h.dur.Reserve(ctx); err != nil {
-		return nil, durabilityError(err)
+		return nil, refusedError(err)
 	}
 	resp, err := h.put(req.Msg)
 	if err != nil {
 		return nil, err
 	}
 	if err := h.dur.Wait(ctx, resp.GetRevision()); err != nil {
-		return nil, durabilityError(err)
+		return nil, unconfirmedError(err)
 	}
 	return connect.NewResponse(resp), nil
 }
 
 func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
 	if err := h.dur.Reserve(ctx); err != nil {
-		return nil, durabilityError(err)
+		return nil, refusedError(err)
 	}
 	resp, err := h.delete(req.Msg)
 	if err != nil {
 		return nil, err
 	}
 	if err := h.dur.Wait(ctx, resp.GetRevision()); err != nil {
-		return nil, durabilityError(err)
+		return nil, unconfirmedError(err)
 	}
 	return connect.NewResponse(resp), nil
 }
@@ -76,10 +76,12 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 // Batch runs the operations in order and waits once, for the last write, so
 // a batch costs one durability wait however many writes it holds.
 func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
-	if err := h.dur.Reserve(ctx); err != nil {
-		return nil, durabilityError(err)
-	}
 	ops := req.Msg.GetOperations()
+	for _, op := range ops {
+		if err := h.reserveFor(ctx, op); err != nil {
+			return nil, refusedError(err)
+		}
+	}
 	results := make([]*kvv1.OperationResult, len(ops))
 	var last int64
 	for i, op := range ops {
@@ -88,7 +90,7 @@ func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequ
 		last = max(last, rev)
 	}
 	if err := h.dur.Wait(ctx, last); err != nil {
-		return nil, durabilityError(err)
+		return nil, unconfirmedError(err)
 	}
 	return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
 }
@@ -122,31 +124,30 @@ func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *c
 // Pipeline answers each operation as it arrives, in arrival order. This
 // goroutine receives and applies; a second one waits until each write is
 // durable and sends its result, so the log's group commit covers many
-// operations at once instead of one round trip each. The client must read
-// responses while it writes, as HTTP/2 flow control bounds what either side
-// can buffer.
+// operations at once instead of one round trip each. A write the log
+// refuses or cannot confirm fails alone, like any other operation: only a
+// broken stream ends the call. The client must read responses while it
+// writes, as HTTP/2 flow control bounds what either side can buffer.
 func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
 	type pending struct {
 		resp *kvv1.PipelineResponse
 		rev  int64
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	queue := make(chan pending, 1024)
-	sendErr := make(chan error, 1)
+	senderDone := make(chan struct{})
+	var sendErr error
 	go func() {
-		sendErr <- func() error {
-			for p := range queue {
+		defer close(senderDone)
+		for p := range queue {
+			if p.rev > 0 {
 				if err := h.dur.Wait(ctx, p.rev); err != nil {
-					return durabilityError(err)
-				}
-				if err := stream.Send(p.resp); err != nil {
-					return err
+					p.resp.Result = errorResult(unconfirmedError(err))
 				}
 			}
-			return nil
-		}()
-		cancel()
+			if sendErr = stream.Send(p.resp); sendErr != nil {
+				return
+			}
+		}
 	}()
 
 	recvErr := func() error {
@@ -159,21 +160,34 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 			if err != nil {
 				return err
 			}
-			if err := h.dur.Reserve(ctx); err != nil {
-				return durabilityError(err)
+			var p pending
+			if err := h.reserveFor(ctx, req.GetOperation()); err != nil {
+				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: errorResult(refusedError(err))}
+			} else {
+				var result *kvv1.OperationResult
+				result, p.rev = h.apply(req.GetOperation())
+				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: result}
 			}
-			result, rev := h.apply(req.GetOperation())
 			select {
-			case queue <- pending{&kvv1.PipelineResponse{Id: req.GetId(), Result: result}, rev}:
-			case <-ctx.Done():
-				return nil
+			case queue <- p:
+			case <-senderDone:
+				return nil // the stream is broken; sendErr says why
 			}
 		}
 	}()
-	if err := <-sendErr; err != nil {
-		return err
+	<-senderDone
+	if sendErr != nil {
+		return sendErr
 	}
 	return recvErr
+}
+
+// reserveFor waits for room in the log before a write; reads need none.
+func (h *handler) reserveFor(ctx context.Context, op *kvv1.Operation) error {
+	if op.GetGet() != nil {
+		return nil
+	}
+	return h.dur.Reserve(ctx)
 }
 
 // apply validates and runs one Batch or Pipeline operation. Failures become
