@@ -27,7 +27,9 @@ func TestAOFCheckRepair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	node.Start()
+	if err := node.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 10 {
 		if got := flux("", "put", fmt.Sprintf("k%d", i), strings.Repeat("v", 100), "--endpoint", node.APIURL()); got.code != 0 {
 			t.Fatalf("put: %+v", got)
@@ -68,7 +70,9 @@ func TestAOFCheckRepair(t *testing.T) {
 	if err != nil {
 		t.Fatalf("start after repair: %v", err)
 	}
-	node.Start()
+	if err := node.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	defer node.Shutdown(context.Background())
 	if got := flux("", "get", "k0", "--endpoint", node.APIURL()); got.code != 0 {
 		t.Errorf("the records before the damage are gone: %+v", got)

@@ -41,7 +41,9 @@ func startNode(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("new node: %v", err)
 	}
-	node.Start()
+	if err := node.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { _ = node.Shutdown(context.Background()) })
 	return node.APIURL()
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/changelog"
+	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -16,6 +17,7 @@ func nodeCommand() *command {
 	var (
 		cfg         kvnode.Config
 		cors        = stringList{"*"}
+		etcd        stringList
 		logLevel    slog.Level
 		logFormat   = "text"
 		appendFsync = "everysec"
@@ -32,6 +34,8 @@ func nodeCommand() *command {
 	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "when the append-only file is fsynced: `policy` always, everysec or no")
 	fs.Int64Var(&cfg.RewriteMinBytes, "aof-rewrite-min-size", kvnode.DefaultRewriteMinBytes, "rewrite the append-only file only once it is at least this many `bytes`")
 	fs.IntVar(&cfg.RewriteGrowthPercent, "aof-rewrite-percentage", kvnode.DefaultRewriteGrowthPercent, "rewrite when the file has grown this `percent` since the last rewrite; -1 turns automatic rewrites off")
+	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster to join (for example http://127.0.0.1:2379); empty runs a standalone node")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", discovery.DefaultTTL, "how long the node stays live in etcd after it stops renewing its lease")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
 
@@ -59,6 +63,7 @@ func nodeCommand() *command {
 		}
 		cfg.AppendFsync = policy
 		cfg.CORSOrigins = cors
+		cfg.Etcd = etcd
 		return runNode(env, cfg)
 	}
 	return c
@@ -71,7 +76,11 @@ func runNode(env *environment, cfg kvnode.Config) int {
 		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
 		return exitError
 	}
-	node.Start()
+	if err := node.Start(env.ctx); err != nil {
+		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
+		_ = node.Shutdown(context.Background())
+		return exitError
+	}
 	waitErr := node.Wait(env.ctx)
 	if waitErr != nil {
 		cfg.Logger.Error("listener failed", slog.Any("error", waitErr))

@@ -30,7 +30,9 @@ func TestRestartRecoversWrites(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			first.Start()
+			if err := first.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 			client := kvv1connect.NewKVServiceClient(h2cClient(t), first.APIURL())
 			ctx := context.Background()
 			put(t, client, &kvv1.PutRequest{Key: "unary", Value: []byte("1")})

@@ -26,26 +26,47 @@ const defaultScanLimit = 100
 type handler struct {
 	store         *store.Store
 	dur           durability
+	router        *router
 	validator     protovalidate.Validator
 	maxValueBytes int
 	now           func() time.Time
 }
 
-// NewHandler returns a KVService implementation backed by st. Values longer
+// newHandler returns a KVService implementation backed by st. Values longer
 // than maxValueBytes are refused with InvalidArgument. validator checks each
 // Batch and Pipeline operation on its own; whole requests are checked by the
 // validation interceptor that the caller installs. now must be the clock st
 // uses, so remaining TTLs agree with expiry. A write is acknowledged only
 // once dur says it is durable.
-func NewHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability) kvv1connect.KVServiceHandler {
-	return &handler{store: st, dur: dur, validator: validator, maxValueBytes: maxValueBytes, now: now}
+func newHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability, r *router) kvv1connect.KVServiceHandler {
+	return &handler{store: st, dur: dur, router: r, validator: validator, maxValueBytes: maxValueBytes, now: now}
 }
 
-func (h *handler) Get(_ context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
+func (h *handler) Get(ctx context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
+	if client, err := h.router.target(req.Header(), req.Msg.GetKey()); err != nil || client != nil {
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Get(ctx, forward(h.router.self, req.Msg))
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp.Msg), nil
+	}
 	return connect.NewResponse(h.get(req.Msg)), nil
 }
 
 func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
+	if client, err := h.router.target(req.Header(), req.Msg.GetKey()); err != nil || client != nil {
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Put(ctx, forward(h.router.self, req.Msg))
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp.Msg), nil
+	}
 	if err := h.dur.Reserve(ctx); err != nil {
 		return nil, refusedError(err)
 	}
@@ -60,6 +81,16 @@ func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]
 }
 
 func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
+	if client, err := h.router.target(req.Header(), req.Msg.GetKey()); err != nil || client != nil {
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Delete(ctx, forward(h.router.self, req.Msg))
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp.Msg), nil
+	}
 	if err := h.dur.Reserve(ctx); err != nil {
 		return nil, refusedError(err)
 	}
@@ -77,6 +108,13 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 // a batch costs one durability wait however many writes it holds.
 func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
 	ops := req.Msg.GetOperations()
+	if c := h.router.coordinating(req.Header()); c != nil {
+		results, err := h.coordinateBatch(ctx, c, ops)
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
+	}
 	for _, op := range ops {
 		if err := h.reserveFor(ctx, op); err != nil {
 			return nil, refusedError(err)
@@ -95,12 +133,27 @@ func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequ
 	return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
 }
 
-func (h *handler) Scan(_ context.Context, req *connect.Request[kvv1.ScanRequest]) (*connect.Response[kvv1.ScanResponse], error) {
-	msg := req.Msg
-	limit := int(msg.GetLimit())
+func (h *handler) Scan(ctx context.Context, req *connect.Request[kvv1.ScanRequest]) (*connect.Response[kvv1.ScanResponse], error) {
+	limit := int(req.Msg.GetLimit())
 	if limit == 0 {
 		limit = defaultScanLimit
 	}
+	if c := h.router.coordinating(req.Header()); c != nil {
+		resp, err := h.coordinateScan(ctx, c, req.Msg, limit)
+		if err != nil {
+			return nil, err
+		}
+		return connect.NewResponse(resp), nil
+	}
+	resp, err := h.scanLocal(req.Msg, limit)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// scanLocal scans this node's store.
+func (h *handler) scanLocal(msg *kvv1.ScanRequest, limit int) (*kvv1.ScanResponse, error) {
 	res, err := h.store.Scan(store.ScanOptions{Prefix: msg.GetPrefix(), Cursor: msg.GetCursor(), Limit: limit})
 	if errors.Is(err, store.ErrInvalidCursor) {
 		return nil, connect.NewError(connect.CodeInvalidArgument,
@@ -114,7 +167,7 @@ func (h *handler) Scan(_ context.Context, req *connect.Request[kvv1.ScanRequest]
 	for i, e := range res.Entries {
 		items[i] = keyValue(e, now, msg.GetKeysOnly())
 	}
-	return connect.NewResponse(&kvv1.ScanResponse{Items: items, NextCursor: res.NextCursor}), nil
+	return &kvv1.ScanResponse{Items: items, NextCursor: res.NextCursor}, nil
 }
 
 func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *connect.ServerStream[kvv1.WatchResponse]) error {
@@ -161,7 +214,15 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 				return err
 			}
 			var p pending
-			if err := h.reserveFor(ctx, req.GetOperation()); err != nil {
+			if client, err := h.router.target(stream.RequestHeader(), opKey(req.GetOperation())); err != nil || client != nil {
+				// Another node owns the key: ask it, one operation at a time.
+				// Pipelines are fastest sent to the owner (the SDK does).
+				result := errorResult(err)
+				if err == nil {
+					result = h.forwardOp(ctx, client, req.GetOperation())
+				}
+				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: result}
+			} else if err := h.reserveFor(ctx, req.GetOperation()); err != nil {
 				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: errorResult(refusedError(err))}
 			} else {
 				var result *kvv1.OperationResult

@@ -25,6 +25,7 @@ import (
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/changelog"
+	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
 	"github.com/fluxkv/fluxkv/platform/schema"
 	"github.com/fluxkv/fluxkv/platform/store"
@@ -72,6 +73,9 @@ type Config struct {
 	AppendFsync          changelog.Policy // when the log is fsynced (default everysec)
 	RewriteMinBytes      int64            // rewrite the log once it is at least this long (default 64 MiB)
 	RewriteGrowthPercent int              // ... and has grown this much since the last rewrite (default 100; -1 disables)
+
+	Etcd     []string      // etcd endpoints of the cluster to join; empty runs a standalone node
+	LeaseTTL time.Duration // how long the node stays live in etcd after it stops renewing (default 5s)
 }
 
 func (c *Config) setDefaults() error {
@@ -112,6 +116,9 @@ func (c *Config) setDefaults() error {
 	if c.Clock == nil {
 		c.Clock = time.Now
 	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = discovery.DefaultTTL
+	}
 	if c.RewriteMinBytes == 0 {
 		c.RewriteMinBytes = DefaultRewriteMinBytes
 	}
@@ -127,6 +134,7 @@ type Node struct {
 	cfg    Config
 	store  *store.Store
 	log    *changelog.Log // nil when the node runs purely in memory
+	router *router        // shared with the handler; joined to a cluster by Start
 	health *grpchealth.StaticChecker
 	api    *rpcserver.Server
 	admin  *rpcserver.Server
@@ -148,9 +156,10 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	n := &Node{
-		cfg:   cfg,
-		errc:  make(chan error, 2),
-		donec: make(chan struct{}),
+		cfg:    cfg,
+		router: &router{self: cfg.NodeID},
+		errc:   make(chan error, 2),
+		donec:  make(chan struct{}),
 	}
 	defer func() {
 		if err != nil {
@@ -205,7 +214,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
-		NewHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability()),
+		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.router),
 		connect.WithInterceptors(rpcMetrics, validation),
 		connect.WithReadMaxBytes(maxMessage),
 		// Compressing the small messages most calls carry costs more CPU than
@@ -226,9 +235,12 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	return h, nil
 }
 
-// Start serves both listeners in the background. Errors that stop a listener
-// are reported by Wait.
-func (n *Node) Start() {
+// Start serves both listeners in the background and, when etcd endpoints are
+// configured, joins the cluster: it records the node as a member, registers
+// it as live and starts routing keys by the ring. It fails if joining does
+// not succeed within ctx; errors that stop a listener later are reported by
+// Wait.
+func (n *Node) Start(ctx context.Context) error {
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()
@@ -240,12 +252,21 @@ func (n *Node) Start() {
 			}
 		}()
 	}
+	if len(n.cfg.Etcd) > 0 {
+		c, err := join(ctx, n.cfg, n.api.Addr().String(), n.admin.Addr().String())
+		if err != nil {
+			return fmt.Errorf("join cluster: %w", err)
+		}
+		n.router.join(c)
+	}
 	n.cfg.Logger.Info("node serving",
 		slog.String("node_id", n.cfg.NodeID),
 		slog.String("listen", n.api.Addr().String()),
 		slog.String("admin_listen", n.admin.Addr().String()),
 		slog.String("data_dir", n.cfg.DataDir),
+		slog.Bool("clustered", len(n.cfg.Etcd) > 0),
 	)
+	return nil
 }
 
 // APIURL is the base URL of the API port.
@@ -277,6 +298,10 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
 		defer cancel()
 		var errs []error
+		// Leave first, so peers and SDKs stop sending requests here.
+		if err := n.router.leave(); err != nil {
+			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
+		}
 		if err := n.api.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}

@@ -39,7 +39,9 @@ func BenchmarkAPIPut(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				node.Start()
+				if err := node.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
 				defer node.Shutdown(context.Background())
 				client := kvv1connect.NewKVServiceClient(h2cClient(b), node.APIURL(), connect.WithGRPC())
 				ctx := context.Background()

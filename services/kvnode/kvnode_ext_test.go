@@ -50,7 +50,9 @@ func startNode(t *testing.T, cfg kvnode.Config) *kvnode.Node {
 	if err != nil {
 		t.Fatalf("new node: %v", err)
 	}
-	node.Start()
+	if err := node.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if err := node.Shutdown(context.Background()); err != nil {
 			t.Errorf("shutdown: %v", err)

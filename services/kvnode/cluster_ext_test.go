@@ -1,0 +1,186 @@
+package kvnode_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/etcdembed"
+	"github.com/fluxkv/fluxkv/platform/ring"
+	"github.com/fluxkv/fluxkv/services/kvnode"
+)
+
+// startCluster runs an embedded etcd and n clustered nodes in this process.
+func startCluster(t *testing.T, n int) (string, []*kvnode.Node) {
+	t.Helper()
+	etcd, err := etcdembed.Start(t.TempDir(), "http://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	var nodes []*kvnode.Node
+	for i := range n {
+		cfg := withTestDefaults(kvnode.Config{
+			NodeID: fmt.Sprintf("node-%d", i+1), DataDir: t.TempDir(), AppendOnly: true,
+			Etcd: []string{etcd.ClientURL()}, LeaseTTL: 2 * time.Second,
+		})
+		node, err := kvnode.New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err = node.Start(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = node.Shutdown(context.Background()) })
+		nodes = append(nodes, node)
+	}
+	// Every node must see every member before the ring is complete.
+	r, _ := ring.New([]string{"node-1", "node-2", "node-3"}[:n])
+	for _, node := range nodes {
+		client := kvv1connect.NewKVServiceClient(h2cClient(t), node.APIURL())
+		waitUntil(t, "the full ring", func() bool {
+			// A key owned by each member round-trips through this node.
+			for _, m := range r.Members() {
+				key := keyOwnedBy(r, m, "probe")
+				if _, err := client.Put(context.Background(), connect.NewRequest(&kvv1.PutRequest{Key: key})); err != nil {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	return etcd.ClientURL(), nodes
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// keyOwnedBy finds a key with the given prefix that member owns.
+func keyOwnedBy(r *ring.Ring, member, prefix string) string {
+	for i := 0; ; i++ {
+		if key := fmt.Sprintf("%s/%d", prefix, i); r.Owner(key) == member {
+			return key
+		}
+	}
+}
+
+// TestAnyNodeAnswersAnyKey writes through one node and reads through
+// another; Batch and Scan are coordinated across owners.
+func TestAnyNodeAnswersAnyKey(t *testing.T) {
+	t.Parallel()
+	_, nodes := startCluster(t, 3)
+	ctx := context.Background()
+	clients := make([]kvv1connect.KVServiceClient, len(nodes))
+	for i, node := range nodes {
+		clients[i] = kvv1connect.NewKVServiceClient(h2cClient(t), node.APIURL())
+	}
+	var keys []string
+	for i := range 60 {
+		key := fmt.Sprintf("user/%03d", i)
+		keys = append(keys, key)
+		if _, err := clients[i%3].Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte(key)})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, key := range keys {
+		resp, err := clients[(i+1)%3].Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
+		if err != nil || string(resp.Msg.GetValue()) != key {
+			t.Fatalf("get %s through another node: %v, %v", key, resp, err)
+		}
+	}
+
+	// Scan from any node pages through every node's keys in order.
+	var seen []string
+	cursor := ""
+	for {
+		resp, err := clients[2].Scan(ctx, connect.NewRequest(&kvv1.ScanRequest{Prefix: "user/", Limit: 7, Cursor: cursor}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, item := range resp.Msg.GetItems() {
+			seen = append(seen, item.GetKey())
+		}
+		if cursor = resp.Msg.GetNextCursor(); cursor == "" {
+			break
+		}
+	}
+	if !slices.Equal(seen, keys) {
+		t.Fatalf("cluster scan returned %d keys %v, want %d in order", len(seen), seen, len(keys))
+	}
+
+	// Batch from any node, in request order.
+	var ops []*kvv1.Operation
+	for _, key := range keys[:10] {
+		ops = append(ops, &kvv1.Operation{Op: &kvv1.Operation_Get{Get: &kvv1.GetRequest{Key: key}}})
+	}
+	resp, err := clients[0].Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: ops}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range resp.Msg.GetResults() {
+		if string(r.GetGet().GetValue()) != keys[i] {
+			t.Errorf("batch #%d: got %v, want %s", i, r, keys[i])
+		}
+	}
+}
+
+// TestKeysOfADownNodeFailFast: once a node is gone, its keys answer
+// Unavailable at once, naming it, while other keys keep working.
+func TestKeysOfADownNodeFailFast(t *testing.T) {
+	t.Parallel()
+	_, nodes := startCluster(t, 3)
+	ctx := context.Background()
+	r, _ := ring.New([]string{"node-1", "node-2", "node-3"})
+	client := kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL())
+	down, up := keyOwnedBy(r, "node-3", "k"), keyOwnedBy(r, "node-2", "k")
+	if err := nodes[2].Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "node-3 to be seen as down", func() bool {
+		_, err := client.Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: down}))
+		return connect.CodeOf(err) == connect.CodeUnavailable
+	})
+	start := time.Now()
+	_, err := client.Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: down}))
+	var connectErr *connect.Error
+	if !errors.As(err, &connectErr) || connectErr.Code() != connect.CodeUnavailable || !strings.Contains(connectErr.Message(), "node-3") || !strings.Contains(connectErr.Message(), "not live") {
+		t.Fatalf("get of a down node's key: %v", err)
+	}
+	t.Logf("a down node's key failed in %v", time.Since(start))
+	if _, err := client.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: up, Value: []byte("v")})); err != nil {
+		t.Errorf("a live node's key failed too: %v", err)
+	}
+	// A batch mixing both fails only the down node's item.
+	resp, err := client.Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: []*kvv1.Operation{
+		{Op: &kvv1.Operation_Get{Get: &kvv1.GetRequest{Key: up}}},
+		{Op: &kvv1.Operation_Get{Get: &kvv1.GetRequest{Key: down}}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := resp.Msg.GetResults(); string(got[0].GetGet().GetValue()) != "v" || got[1].GetError().GetCode() != "unavailable" {
+		t.Errorf("batch across a down node: %v", got)
+	}
+	if _, err := client.Scan(ctx, connect.NewRequest(&kvv1.ScanRequest{})); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Errorf("scan with a node down: got %v, want unavailable", err)
+	}
+}

@@ -1,0 +1,206 @@
+package kvnode
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"connectrpc.com/connect"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/store"
+)
+
+// router decides where a request is served. A standalone node, or one that
+// has not joined its cluster yet, serves everything itself; a clustered
+// node forwards single-key requests to the key's owner and coordinates
+// Batch and Scan across owners, so any node answers any request.
+type router struct {
+	self    string
+	cluster atomic.Pointer[cluster]
+}
+
+func (r *router) join(c *cluster) { r.cluster.Store(c) }
+
+func (r *router) leave() error {
+	if c := r.cluster.Swap(nil); c != nil {
+		return c.leave()
+	}
+	return nil
+}
+
+// coordinating returns the cluster when this node must route the request:
+// it is clustered and the request did not come from a peer.
+func (r *router) coordinating(h http.Header) *cluster {
+	c := r.cluster.Load()
+	if c == nil || h.Get(forwardedHeader) != "" {
+		return nil
+	}
+	return c
+}
+
+// target returns nil when key is served here, or a client for its owner.
+// A forwarded request for a key this node does not own means two nodes'
+// rings disagree (membership is changing): it is refused, not served from
+// the wrong store.
+func (r *router) target(h http.Header, key string) (kvv1connect.KVServiceClient, error) {
+	c := r.cluster.Load()
+	if c == nil {
+		return nil, nil
+	}
+	owner, client, err := c.owner(key)
+	switch {
+	case owner == r.self:
+		return nil, nil
+	case h.Get(forwardedHeader) != "":
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s was sent a key that node %s owns by its ring: membership is changing, retry", r.self, owner))
+	default:
+		return client, err
+	}
+}
+
+// forward wraps msg for a peer, marking it as forwarded.
+func forward[T any](self string, msg *T) *connect.Request[T] {
+	req := connect.NewRequest(msg)
+	req.Header().Set(forwardedHeader, self)
+	return req
+}
+
+// opKey is the key an operation touches ("" for an empty operation, which
+// is served locally to fail validation there).
+func opKey(op *kvv1.Operation) string {
+	switch o := op.GetOp().(type) {
+	case *kvv1.Operation_Get:
+		return o.Get.GetKey()
+	case *kvv1.Operation_Put:
+		return o.Put.GetKey()
+	case *kvv1.Operation_Delete:
+		return o.Delete.GetKey()
+	}
+	return ""
+}
+
+// forwardOp runs one operation on its owner.
+func (h *handler) forwardOp(ctx context.Context, client kvv1connect.KVServiceClient, op *kvv1.Operation) *kvv1.OperationResult {
+	resp, err := client.Batch(ctx, forward(h.router.self, &kvv1.BatchRequest{Operations: []*kvv1.Operation{op}}))
+	if err != nil {
+		return errorResult(err)
+	}
+	if len(resp.Msg.GetResults()) != 1 {
+		return errorResult(connect.NewError(connect.CodeInternal, fmt.Errorf("owner answered %d results for 1 operation", len(resp.Msg.GetResults()))))
+	}
+	return resp.Msg.GetResults()[0]
+}
+
+// coordinateBatch splits a batch by owner: local operations run here, each
+// owner gets one sub-batch, all in parallel. Operations on one key keep
+// their order (they go to the same owner in one sub-batch); an operation
+// whose owner is down fails alone.
+func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.Operation) ([]*kvv1.OperationResult, error) {
+	results := make([]*kvv1.OperationResult, len(ops))
+	var local []int
+	remote := map[string][]int{}
+	clients := map[string]kvv1connect.KVServiceClient{}
+	for i, op := range ops {
+		owner, client, err := c.owner(opKey(op))
+		switch {
+		case owner == h.router.self || opKey(op) == "":
+			local = append(local, i)
+		case err != nil:
+			results[i] = errorResult(err)
+		default:
+			remote[owner] = append(remote[owner], i)
+			clients[owner] = client
+		}
+	}
+	var wg sync.WaitGroup
+	for owner, idx := range remote {
+		wg.Go(func() {
+			sub := make([]*kvv1.Operation, len(idx))
+			for j, i := range idx {
+				sub[j] = ops[i]
+			}
+			resp, err := clients[owner].Batch(ctx, forward(h.router.self, &kvv1.BatchRequest{Operations: sub}))
+			for j, i := range idx {
+				switch {
+				case err != nil:
+					results[i] = errorResult(err)
+				case j < len(resp.Msg.GetResults()):
+					results[i] = resp.Msg.GetResults()[j]
+				default:
+					results[i] = errorResult(connect.NewError(connect.CodeInternal, fmt.Errorf("node %s answered too few results", owner)))
+				}
+			}
+		})
+	}
+	var last int64
+	for _, i := range local {
+		if err := h.reserveFor(ctx, ops[i]); err != nil {
+			results[i] = errorResult(refusedError(err))
+			continue
+		}
+		var rev int64
+		results[i], rev = h.apply(ops[i])
+		last = max(last, rev)
+	}
+	waitErr := h.dur.Wait(ctx, last)
+	wg.Wait()
+	if waitErr != nil {
+		return nil, unconfirmedError(waitErr)
+	}
+	return results, nil
+}
+
+// coordinateScan asks every member for a page after the cursor and merges
+// them in key order. Cursors name the last key returned, not a position in
+// one node, so the same cursor continues the scan on every node. A member
+// that is down makes the scan fail: a page with some nodes' keys silently
+// missing would be wrong.
+func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.ScanRequest, limit int) (*kvv1.ScanResponse, error) {
+	members := c.ring.Load().Members()
+	pages := make([]*kvv1.ScanResponse, len(members))
+	errs := make([]error, len(members))
+	var wg sync.WaitGroup
+	for i, id := range members {
+		if id == h.router.self {
+			pages[i], errs[i] = h.scanLocal(msg, limit)
+			continue
+		}
+		client, err := c.peer(id)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("scan needs every node, and node %s is not live", id))
+		}
+		wg.Go(func() {
+			resp, err := client.Scan(ctx, forward(h.router.self, msg))
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			pages[i] = resp.Msg
+		})
+	}
+	wg.Wait()
+	var items []*kvv1.KeyValue
+	more := false
+	for i, page := range pages {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		items = append(items, page.GetItems()...)
+		more = more || page.GetNextCursor() != ""
+	}
+	slices.SortFunc(items, func(a, b *kvv1.KeyValue) int { return strings.Compare(a.GetKey(), b.GetKey()) })
+	if len(items) > limit {
+		items, more = items[:limit], true
+	}
+	resp := &kvv1.ScanResponse{Items: items}
+	if more && len(items) > 0 {
+		resp.NextCursor = store.CursorAfter(items[len(items)-1].GetKey())
+	}
+	return resp, nil
+}
