@@ -39,6 +39,7 @@ func main() {
 
 func commands() []*command {
 	return []*command{
+		devCommand(),
 		nodeCommand(),
 		getCommand(),
 		putCommand(),

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -30,10 +32,17 @@ func Start(dir, clientURL string) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create etcd dir: %w", err)
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = "flux"
 	cfg.Dir = dir
-	cfg.LogLevel = "error"
+	// etcd logs each listener it closes on a clean shutdown at error level;
+	// its log goes to a file beside its data, and failures reach the caller
+	// through Start's error.
+	cfg.LogLevel = "warn"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
 	cfg.ListenClientUrls = []url.URL{*cu}
 	cfg.AdvertiseClientUrls = []url.URL{*cu}
 	cfg.ListenPeerUrls = []url.URL{*peer}

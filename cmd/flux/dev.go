@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/fluxkv/fluxkv/platform/changelog"
+	"github.com/fluxkv/fluxkv/platform/etcdembed"
+	"github.com/fluxkv/fluxkv/services/kvnode"
+)
+
+func devCommand() *command {
+	fs := newFlagSet("dev")
+	var (
+		dataDir     = "./flux-data"
+		nodes       = 3
+		etcdListen  = "http://127.0.0.1:2379"
+		basePort    = 7701
+		adminBase   = 9701
+		appendFsync = "everysec"
+		logLevel    slog.Level
+	)
+	fs.StringVar(&dataDir, "data-dir", dataDir, "`directory` holding etcd's and every node's data; running again recovers it")
+	fs.IntVar(&nodes, "nodes", nodes, "number of nodes")
+	fs.StringVar(&etcdListen, "etcd-listen", etcdListen, "client `URL` of the embedded etcd, which etcdctl and other processes can join")
+	fs.IntVar(&basePort, "base-port", basePort, "API `port` of the first node; the others follow")
+	fs.IntVar(&adminBase, "admin-base-port", adminBase, "admin `port` of the first node; the others follow")
+	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "fsync `policy` of every node: always, everysec or no")
+	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	c := &command{
+		name:    "dev",
+		summary: "Run a whole cluster in this process: an embedded etcd and N nodes, until Ctrl-C.",
+		flags:   fs,
+	}
+	c.run = func(env *environment, args []string) int {
+		if len(args) > 0 {
+			return usageError(env, c.name, "unexpected arguments %q", args)
+		}
+		if nodes < 1 {
+			return usageError(env, c.name, "--nodes %d: need at least 1", nodes)
+		}
+		policy, err := changelog.ParsePolicy(appendFsync)
+		if err != nil {
+			return usageError(env, c.name, "--appendfsync: %v", err)
+		}
+		logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
+		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy})
+	}
+	return c
+}
+
+type devConfig struct {
+	dataDir    string
+	nodes      int
+	etcdListen string
+	basePort   int
+	adminBase  int
+	policy     changelog.Policy
+}
+
+func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
+	etcd, err := etcdembed.Start(filepath.Join(cfg.dataDir, "etcd"), cfg.etcdListen)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux dev: %v\n", err)
+		return exitError
+	}
+	defer etcd.Close()
+	var running []*kvnode.Node
+	defer func() {
+		// Reverse order; each node leaves the cluster before it drains.
+		for i := len(running) - 1; i >= 0; i-- {
+			if err := running[i].Shutdown(context.Background()); err != nil {
+				logger.Error("shutdown", slog.Any("error", err))
+			}
+		}
+	}()
+	for i := range cfg.nodes {
+		id := fmt.Sprintf("node-%d", i+1)
+		node, err := kvnode.New(kvnode.Config{
+			NodeID:      id,
+			Listen:      fmt.Sprintf("127.0.0.1:%d", cfg.basePort+i),
+			AdminListen: fmt.Sprintf("127.0.0.1:%d", cfg.adminBase+i),
+			DataDir:     filepath.Join(cfg.dataDir, id),
+			AppendOnly:  true,
+			AppendFsync: cfg.policy,
+			Etcd:        []string{etcd.ClientURL()},
+			Logger:      logger.With(slog.String("node", id)),
+		})
+		if err != nil {
+			fmt.Fprintf(env.stderr, "flux dev: %s: %v\n", id, err)
+			return exitError
+		}
+		ctx, cancel := context.WithTimeout(env.ctx, 30*time.Second)
+		err = node.Start(ctx)
+		cancel()
+		running = append(running, node)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "flux dev: %s: %v\n", id, err)
+			return exitError
+		}
+	}
+	fmt.Fprintf(env.stdout, "Flux-KV dev cluster is up (data in %s)\n", cfg.dataDir)
+	fmt.Fprintf(env.stdout, "  etcd     %s\n", etcd.ClientURL())
+	for i, node := range running {
+		fmt.Fprintf(env.stdout, "  node-%d   %s   admin %s\n", i+1, node.APIURL(), node.AdminURL())
+	}
+	fmt.Fprintf(env.stdout, "Any node answers any key: export FLUX_ENDPOINT=%s\nCtrl-C stops everything; running flux dev again recovers the data.\n", running[0].APIURL())
+	<-env.ctx.Done()
+	logger.Info("shutting down the dev cluster")
+	return exitOK
+}
