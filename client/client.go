@@ -1,0 +1,329 @@
+// Package client is the Go SDK for Flux-KV. Given etcd endpoints it learns
+// the cluster's members and live nodes, places each key on its owner with
+// the same ring as the nodes (docs/ring.md) and sends the request there
+// directly, keeping one HTTP/2 connection pool per node; Batch is split by
+// owner. Given static endpoints instead (a gateway, or any node), it sends
+// everything there and lets the cluster route.
+//
+// Every method takes a context; deadlines travel with the request. Errors
+// are *connect.Error values with the server's code, message and details
+// (for example a ConditionFailure on a failed conditional write).
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/discovery"
+	"github.com/fluxkv/fluxkv/platform/ring"
+)
+
+// Client talks to a Flux-KV cluster. It is safe for concurrent use. Close
+// it when done.
+type Client struct {
+	cfg     config
+	http    *http.Client
+	etcd    *clientv3.Client   // nil in static mode
+	watcher *discovery.Watcher // nil in static mode
+	ring    atomic.Pointer[ring.Ring]
+
+	mu    sync.Mutex
+	nodes map[string]kvv1connect.KVServiceClient // by base URL
+
+	next  atomic.Uint64 // round-robin over static endpoints
+	stopc chan struct{}
+	donec chan struct{}
+}
+
+// Option configures New.
+type Option func(*config)
+
+type config struct {
+	etcd      []string
+	endpoints []string
+	opts      []connect.ClientOption
+}
+
+// WithEtcd makes the client discover the cluster through etcd and route
+// each key to its owner.
+func WithEtcd(endpoints ...string) Option { return func(c *config) { c.etcd = endpoints } }
+
+// WithEndpoints sends every request to these base URLs (a gateway or
+// nodes), trying the next one when one is unreachable.
+func WithEndpoints(urls ...string) Option { return func(c *config) { c.endpoints = urls } }
+
+// WithClientOptions adds connect client options (the default is the gRPC
+// protocol).
+func WithClientOptions(opts ...connect.ClientOption) Option {
+	return func(c *config) { c.opts = append(c.opts, opts...) }
+}
+
+// New connects to the cluster. With WithEtcd it loads the membership
+// before returning, and fails if etcd does not answer within ctx.
+func New(ctx context.Context, opts ...Option) (*Client, error) {
+	var cfg config
+	for _, opt := range opts {
+		opt(&cfg)
+	}
+	if len(cfg.etcd) == 0 && len(cfg.endpoints) == 0 {
+		return nil, errors.New("flux client: give WithEtcd or WithEndpoints")
+	}
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true)
+	c := &Client{
+		cfg:   cfg,
+		http:  &http.Client{Transport: &http.Transport{Protocols: &protocols}},
+		nodes: map[string]kvv1connect.KVServiceClient{},
+		stopc: make(chan struct{}),
+		donec: make(chan struct{}),
+	}
+	if len(cfg.etcd) == 0 {
+		close(c.donec)
+		return c, nil
+	}
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Context: ctx})
+	if err != nil {
+		return nil, fmt.Errorf("flux client: connect to etcd: %w", err)
+	}
+	c.etcd = etcd
+	c.watcher = discovery.NewWatcher(etcd, nil)
+	if err := c.watcher.Start(ctx); err != nil {
+		etcd.Close()
+		return nil, fmt.Errorf("flux client: %w", err)
+	}
+	if err := c.rebuild(); err != nil {
+		c.watcher.Close()
+		etcd.Close()
+		return nil, err
+	}
+	go c.follow()
+	return c, nil
+}
+
+// Close releases the client's connections.
+func (c *Client) Close() error {
+	select {
+	case <-c.stopc:
+		return nil
+	default:
+	}
+	close(c.stopc)
+	<-c.donec
+	c.http.CloseIdleConnections()
+	if c.etcd != nil {
+		c.watcher.Close()
+		return c.etcd.Close()
+	}
+	return nil
+}
+
+func (c *Client) follow() {
+	defer close(c.donec)
+	for {
+		select {
+		case <-c.stopc:
+			return
+		case <-c.watcher.Changed():
+			_ = c.rebuild()
+		}
+	}
+}
+
+func (c *Client) rebuild() error {
+	r, err := ring.New(c.watcher.Snapshot().MemberIDs())
+	if err != nil {
+		return fmt.Errorf("flux client: %w", err)
+	}
+	c.ring.Store(r)
+	return nil
+}
+
+func (c *Client) node(url string) kvv1connect.KVServiceClient {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.nodes[url]
+	if !ok {
+		n = kvv1connect.NewKVServiceClient(c.http, url, append([]connect.ClientOption{connect.WithGRPC()}, c.cfg.opts...)...)
+		c.nodes[url] = n
+	}
+	return n
+}
+
+// owner returns the node to send key to, and its id ("" in static mode).
+// A member that is not live fails fast with Unavailable naming it.
+func (c *Client) owner(key string) (kvv1connect.KVServiceClient, string, error) {
+	if c.watcher == nil {
+		eps := c.cfg.endpoints
+		return c.node(eps[int(c.next.Load()%uint64(len(eps)))]), "", nil
+	}
+	id := c.ring.Load().Owner(key)
+	if id == "" {
+		return nil, "", connect.NewError(connect.CodeUnavailable, errors.New("the cluster has no members"))
+	}
+	inst, ok := c.watcher.Snapshot().Instances[kvv1connect.KVServiceName][id]
+	if !ok {
+		return nil, id, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, which owns this key, is not live", id))
+	}
+	return c.node("http://" + inst.Address), id, nil
+}
+
+// anyNode returns some live node, for requests any node coordinates.
+func (c *Client) anyNode() (kvv1connect.KVServiceClient, error) {
+	if c.watcher == nil {
+		node, _, err := c.owner("")
+		return node, err
+	}
+	live := c.watcher.Snapshot().Live(kvv1connect.KVServiceName)
+	if len(live) == 0 {
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("no node of the cluster is live"))
+	}
+	return c.node("http://" + live[int(c.next.Add(1)%uint64(len(live)))].Address), nil
+}
+
+// call runs fn on the key's owner. In static mode an unreachable endpoint
+// makes it try the next one, once around.
+func call[T any](ctx context.Context, c *Client, key string, fn func(kvv1connect.KVServiceClient) (T, error)) (T, error) {
+	var zero T
+	tries := 1
+	if c.watcher == nil {
+		tries = len(c.cfg.endpoints)
+	}
+	var err error
+	for range tries {
+		var node kvv1connect.KVServiceClient
+		if node, _, err = c.owner(key); err != nil {
+			return zero, err
+		}
+		var out T
+		if out, err = fn(node); err == nil || c.watcher != nil || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+			return out, err
+		}
+		c.next.Add(1)
+	}
+	return zero, err
+}
+
+// Get reads a key.
+func (c *Client) Get(ctx context.Context, key string) (*kvv1.GetResponse, error) {
+	return call(ctx, c, key, func(n kvv1connect.KVServiceClient) (*kvv1.GetResponse, error) {
+		resp, err := n.Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	})
+}
+
+// Put writes a key; req carries the value, TTL and condition.
+func (c *Client) Put(ctx context.Context, req *kvv1.PutRequest) (*kvv1.PutResponse, error) {
+	return call(ctx, c, req.GetKey(), func(n kvv1connect.KVServiceClient) (*kvv1.PutResponse, error) {
+		resp, err := n.Put(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	})
+}
+
+// Delete removes a key.
+func (c *Client) Delete(ctx context.Context, req *kvv1.DeleteRequest) (*kvv1.DeleteResponse, error) {
+	return call(ctx, c, req.GetKey(), func(n kvv1connect.KVServiceClient) (*kvv1.DeleteResponse, error) {
+		resp, err := n.Delete(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return resp.Msg, nil
+	})
+}
+
+// Scan lists keys by prefix, one page per call; any node coordinates it
+// across the cluster.
+func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanResponse, error) {
+	node, err := c.anyNode()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := node.Scan(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+// Batch runs operations and returns one result per operation, in order. In
+// etcd mode it sends each owner its operations in one call, all owners in
+// parallel; operations whose owner is down fail alone.
+func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.OperationResult, error) {
+	if c.watcher == nil {
+		return call(ctx, c, "", func(n kvv1connect.KVServiceClient) ([]*kvv1.OperationResult, error) {
+			resp, err := n.Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: ops}))
+			if err != nil {
+				return nil, err
+			}
+			return resp.Msg.GetResults(), nil
+		})
+	}
+	results := make([]*kvv1.OperationResult, len(ops))
+	groups := map[string][]int{}
+	nodes := map[string]kvv1connect.KVServiceClient{}
+	for i, op := range ops {
+		node, id, err := c.owner(keyOf(op))
+		if err != nil {
+			results[i] = errorResult(err)
+			continue
+		}
+		groups[id] = append(groups[id], i)
+		nodes[id] = node
+	}
+	var wg sync.WaitGroup
+	for id, idx := range groups {
+		wg.Go(func() {
+			sub := make([]*kvv1.Operation, len(idx))
+			for j, i := range idx {
+				sub[j] = ops[i]
+			}
+			resp, err := nodes[id].Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: sub}))
+			for j, i := range idx {
+				if err != nil || j >= len(resp.Msg.GetResults()) {
+					if err == nil {
+						err = connect.NewError(connect.CodeInternal, fmt.Errorf("node %s answered too few results", id))
+					}
+					results[i] = errorResult(err)
+					continue
+				}
+				results[i] = resp.Msg.GetResults()[j]
+			}
+		})
+	}
+	wg.Wait()
+	return results, nil
+}
+
+func keyOf(op *kvv1.Operation) string {
+	switch o := op.GetOp().(type) {
+	case *kvv1.Operation_Get:
+		return o.Get.GetKey()
+	case *kvv1.Operation_Put:
+		return o.Put.GetKey()
+	case *kvv1.Operation_Delete:
+		return o.Delete.GetKey()
+	}
+	return ""
+}
+
+func errorResult(err error) *kvv1.OperationResult {
+	return &kvv1.OperationResult{Result: &kvv1.OperationResult_Error{Error: &kvv1.OperationError{
+		Code: connect.CodeOf(err).String(), Message: err.Error(),
+	}}}
+}
