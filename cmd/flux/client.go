@@ -16,6 +16,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/fluxkv/fluxkv/client"
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 )
 
@@ -24,6 +26,7 @@ const defaultEndpoint = "http://127.0.0.1:7700"
 
 // clientFlags are the flags every client command takes.
 type clientFlags struct {
+	etcd     stringList
 	endpoint string
 	protocol string
 	timeout  time.Duration
@@ -32,6 +35,7 @@ type clientFlags struct {
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.endpoint, "endpoint", defaultEndpoint, "`URL` of a Flux-KV gateway or node")
+	fs.Var(&f.etcd, "etcd", "comma-separated etcd `endpoints`: route each key to its owner with the Go SDK instead of using --endpoint")
 	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline for the call")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts")
@@ -72,18 +76,63 @@ func (f *clientFlags) baseURL() (string, error) {
 	return strings.TrimSuffix(u.String(), "/"), nil
 }
 
-// kvClient builds a KVService client and the call context from the flags.
-func (f *clientFlags) kvClient(ctx context.Context) (kvv1connect.KVServiceClient, context.Context, context.CancelFunc, error) {
-	base, err := f.baseURL()
-	if err != nil {
-		return nil, nil, nil, err
-	}
+// kvAPI is what the key commands call: a KVService client for --endpoint,
+// or the SDK for --etcd.
+type kvAPI interface {
+	Get(context.Context, *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error)
+	Put(context.Context, *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error)
+	Delete(context.Context, *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error)
+	Scan(context.Context, *connect.Request[kvv1.ScanRequest]) (*connect.Response[kvv1.ScanResponse], error)
+}
+
+// kvClient builds the client and the call context from the flags. The
+// returned cancel also closes the client.
+func (f *clientFlags) kvClient(ctx context.Context) (kvAPI, context.Context, context.CancelFunc, error) {
 	opts, err := f.clientOptions()
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	if len(f.etcd) > 0 {
+		c, err := client.New(ctx, client.WithEtcd(f.etcd...), client.WithClientOptions(opts...))
+		if err != nil {
+			cancel()
+			return nil, nil, nil, connect.NewError(connect.CodeUnavailable, err)
+		}
+		return sdkAPI{c}, ctx, func() { cancel(); _ = c.Close() }, nil
+	}
+	base, err := f.baseURL()
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
 	return kvv1connect.NewKVServiceClient(httpClient(), base, opts...), ctx, cancel, nil
+}
+
+// sdkAPI adapts the SDK to kvAPI.
+type sdkAPI struct{ c *client.Client }
+
+func (a sdkAPI) Get(ctx context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
+	return respond(a.c.Get(ctx, req.Msg.GetKey()))
+}
+
+func (a sdkAPI) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]) (*connect.Response[kvv1.PutResponse], error) {
+	return respond(a.c.Put(ctx, req.Msg))
+}
+
+func (a sdkAPI) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRequest]) (*connect.Response[kvv1.DeleteResponse], error) {
+	return respond(a.c.Delete(ctx, req.Msg))
+}
+
+func (a sdkAPI) Scan(ctx context.Context, req *connect.Request[kvv1.ScanRequest]) (*connect.Response[kvv1.ScanResponse], error) {
+	return respond(a.c.Scan(ctx, req.Msg))
+}
+
+func respond[T any](msg *T, err error) (*connect.Response[T], error) {
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(msg), nil
 }
 
 // fail prints a one-line error for a failed call and returns its exit code.

@@ -46,6 +46,7 @@ func commands() []*command {
 		delCommand(),
 		scanCommand(),
 		healthCommand(),
+		clusterCommand(),
 		aofCommand(),
 		versionCommand(),
 	}

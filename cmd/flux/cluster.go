@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/discovery"
+)
+
+func clusterCommand() *command {
+	fs := newFlagSet("cluster")
+	var (
+		etcd    stringList
+		timeout = 5 * time.Second
+		asJSON  bool
+	)
+	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster (required)")
+	fs.DurationVar(&timeout, "timeout", timeout, "deadline for the whole command")
+	fs.BoolVar(&asJSON, "json", false, "print the result as JSON, for scripts")
+	c := &command{
+		name:    "cluster",
+		args:    "status",
+		summary: "Print the cluster's members: whether each is live, its addresses, version and keys held. Exits 1 if a member is down.",
+		flags:   fs,
+	}
+	c.run = func(env *environment, args []string) int {
+		if len(args) != 1 || args[0] != "status" {
+			return usageError(env, c.name, "want: flux cluster status --etcd ENDPOINTS")
+		}
+		if len(etcd) == 0 {
+			return usageError(env, c.name, "--etcd is required")
+		}
+		ctx, cancel := context.WithTimeout(env.ctx, timeout)
+		defer cancel()
+		return clusterStatus(ctx, env, etcd, asJSON)
+	}
+	return c
+}
+
+type memberStatus struct {
+	ID           string `json:"id"`
+	Live         bool   `json:"live"`
+	Address      string `json:"address,omitempty"`
+	AdminAddress string `json:"admin_address,omitempty"`
+	Version      string `json:"version,omitempty"`
+	StartedAt    string `json:"started_at,omitempty"`
+	Keys         *int64 `json:"keys,omitempty"`
+}
+
+func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool) int {
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx})
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux cluster: connect to etcd: %v\n", err)
+		return exitError
+	}
+	defer etcd.Close()
+	w := discovery.NewWatcher(etcd, nil)
+	if err := w.Start(ctx); err != nil {
+		fmt.Fprintf(env.stderr, "flux cluster: %v\n", err)
+		return exitError
+	}
+	snap := w.Snapshot()
+	w.Close()
+
+	var members []memberStatus
+	down := 0
+	for _, id := range snap.MemberIDs() {
+		m := memberStatus{ID: id}
+		if inst, ok := snap.Instances[kvv1connect.KVServiceName][id]; ok {
+			m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
+			m.StartedAt = inst.StartedAt.Format(time.RFC3339)
+			if n, err := keysHeld(ctx, inst.AdminAddress); err == nil {
+				m.Keys = &n
+			}
+		} else {
+			down++
+		}
+		members = append(members, m)
+	}
+	if asJSON {
+		printJSON(env, struct {
+			Members []memberStatus `json:"members"`
+		}{members})
+	} else {
+		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tLIVE\tADDRESS\tADMIN\tKEYS\tVERSION\tSTARTED")
+		for _, m := range members {
+			live, keys := "no", "-"
+			if m.Live {
+				live = "yes"
+			}
+			if m.Keys != nil {
+				keys = strconv.FormatInt(*m.Keys, 10)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, live, dash(m.Address), dash(m.AdminAddress), keys, dash(m.Version), dash(m.StartedAt))
+		}
+		tw.Flush()
+	}
+	if len(members) == 0 {
+		fmt.Fprintln(env.stderr, "flux cluster: no members registered in etcd")
+		return exitNotFound
+	}
+	if down > 0 {
+		return exitNotFound
+	}
+	return exitOK
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// keysHeld reads flux_store_keys from a node's admin /metrics.
+func keysHeld(ctx context.Context, admin string) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	scanner := bufio.NewScanner(resp.Body)
+	for scanner.Scan() {
+		if v, ok := strings.CutPrefix(scanner.Text(), "flux_store_keys "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return int64(f), err
+		}
+	}
+	return 0, fmt.Errorf("no flux_store_keys in %s/metrics", admin)
+}
+
