@@ -142,4 +142,3 @@ func keysHeld(ctx context.Context, admin string) (int64, error) {
 	}
 	return 0, fmt.Errorf("no flux_store_keys in %s/metrics", admin)
 }
-
