@@ -36,6 +36,7 @@ func nodeCommand() *command {
 	fs.IntVar(&cfg.RewriteGrowthPercent, "aof-rewrite-percentage", kvnode.DefaultRewriteGrowthPercent, "rewrite when the file has grown this `percent` since the last rewrite; -1 turns automatic rewrites off")
 	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster to join (for example http://127.0.0.1:2379); empty runs a standalone node")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", discovery.DefaultTTL, "how long the node stays live in etcd after it stops renewing its lease")
+	fs.BoolVar(&cfg.AcceptKeyMovement, "accept-key-movement", false, "join a cluster that holds data as a new member, accepting that the keys moving to this node leave their values behind (no live rebalancing yet)")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
 

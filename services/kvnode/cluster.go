@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -67,15 +68,18 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluste
 			client.Close()
 		}
 	}()
+	if err := c.watcher.Start(ctx); err != nil {
+		return nil, err
+	}
+	if err := c.checkJoin(ctx, cfg.AcceptKeyMovement); err != nil {
+		return nil, err
+	}
 	added, err := discovery.AddMember(ctx, client, cfg.NodeID)
 	if err != nil {
 		return nil, err
 	}
 	if added {
 		cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
-	}
-	if err := c.watcher.Start(ctx); err != nil {
-		return nil, err
 	}
 	if err := c.rebuild(); err != nil {
 		return nil, err
@@ -93,6 +97,34 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluste
 		return nil, err
 	}
 	return c, nil
+}
+
+// checkJoin refuses to add a new member to a cluster that holds data:
+// the ring would give the new node keys whose data stays on their old
+// owners, and reads would miss them. Until live rebalancing exists, only an
+// operator who accepts that may do it. Rejoining as an existing member, and
+// forming a cluster while it is empty, are always allowed.
+func (c *cluster) checkJoin(ctx context.Context, accept bool) error {
+	snap := c.watcher.Snapshot()
+	if _, ok := snap.Members[c.self]; ok || len(snap.Members) == 0 || accept {
+		return nil
+	}
+	for _, id := range snap.MemberIDs() {
+		inst, ok := snap.Instances[kvv1connect.KVServiceName][id]
+		if !ok {
+			return fmt.Errorf("cannot add node %s: member %s is down, so whether the cluster holds data cannot be checked (pass --accept-key-movement to join anyway)", c.self, id)
+		}
+		peer := kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address, connect.WithGRPC())
+		resp, err := peer.Scan(ctx, forward(c.self, &kvv1.ScanRequest{Limit: 1, KeysOnly: true}))
+		if err != nil {
+			return fmt.Errorf("cannot add node %s: checking member %s for data: %w", c.self, id, err)
+		}
+		if len(resp.Msg.GetItems()) > 0 {
+			return fmt.Errorf("cannot add node %s to a cluster that holds data: keys would move to it without their values, "+
+				"and live rebalancing does not exist yet; pass --accept-key-movement to join anyway", c.self)
+		}
+	}
+	return nil
 }
 
 // follow rebuilds the ring whenever the members change.

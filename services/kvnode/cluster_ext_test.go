@@ -184,3 +184,33 @@ func TestKeysOfADownNodeFailFast(t *testing.T) {
 		t.Errorf("scan with a node down: got %v, want unavailable", err)
 	}
 }
+
+// TestNewMemberIsRefusedWhileTheClusterHoldsData: adding a member would
+// move keys without their data, so it needs the operator's consent.
+func TestNewMemberIsRefusedWhileTheClusterHoldsData(t *testing.T) {
+	t.Parallel()
+	etcdURL, nodes := startCluster(t, 2)
+	client := kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL())
+	if _, err := client.Put(context.Background(), connect.NewRequest(&kvv1.PutRequest{Key: "data", Value: []byte("v")})); err != nil {
+		t.Fatal(err)
+	}
+	cfg := withTestDefaults(kvnode.Config{NodeID: "node-9", DataDir: t.TempDir(), Etcd: []string{etcdURL}})
+	late, err := kvnode.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = late.Start(context.Background())
+	_ = late.Shutdown(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "holds data") {
+		t.Fatalf("joining a cluster with data: got %v, want a refusal", err)
+	}
+	cfg.AcceptKeyMovement = true
+	forced, err := kvnode.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forced.Shutdown(context.Background())
+	if err := forced.Start(context.Background()); err != nil {
+		t.Fatalf("joining with --accept-key-movement: %v", err)
+	}
+}

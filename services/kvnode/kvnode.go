@@ -76,6 +76,9 @@ type Config struct {
 
 	Etcd     []string      // etcd endpoints of the cluster to join; empty runs a standalone node
 	LeaseTTL time.Duration // how long the node stays live in etcd after it stops renewing (default 5s)
+	// AcceptKeyMovement lets a new member join a cluster that holds data,
+	// accepting that the keys it takes over stay behind on their old owners.
+	AcceptKeyMovement bool
 }
 
 func (c *Config) setDefaults() error {
