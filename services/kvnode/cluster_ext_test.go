@@ -214,3 +214,69 @@ func TestNewMemberIsRefusedWhileTheClusterHoldsData(t *testing.T) {
 		t.Fatalf("joining with --accept-key-movement: %v", err)
 	}
 }
+
+// TestEtcdOutage stops etcd for longer than the lease TTL: nodes keep
+// serving meanwhile, register again when etcd returns, and the cluster
+// routes normally afterwards.
+func TestEtcdOutage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	etcd, err := etcdembed.Start(dir, "http://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := etcd.ClientURL()
+	defer func() { etcd.Close() }()
+	var nodes []*kvnode.Node
+	for i := range 2 {
+		node, err := kvnode.New(withTestDefaults(kvnode.Config{
+			NodeID: fmt.Sprintf("node-%d", i+1), DataDir: t.TempDir(), Etcd: []string{url}, LeaseTTL: time.Second,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := node.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		defer node.Shutdown(context.Background())
+		nodes = append(nodes, node)
+	}
+	r, _ := ring.New([]string{"node-1", "node-2"})
+	clients := []kvv1connect.KVServiceClient{
+		kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL()),
+		kvv1connect.NewKVServiceClient(h2cClient(t), nodes[1].APIURL()),
+	}
+	ctx := context.Background()
+	keys := []string{keyOwnedBy(r, "node-1", "o"), keyOwnedBy(r, "node-2", "o")}
+	waitUntil(t, "both nodes routing", func() bool {
+		for _, key := range keys {
+			if _, err := clients[0].Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte("before")})); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+
+	etcd.Close()
+	time.Sleep(2500 * time.Millisecond) // longer than the lease TTL
+	for i, key := range keys {
+		resp, err := clients[i].Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
+		if err != nil || string(resp.Msg.GetValue()) != "before" {
+			t.Fatalf("node-%d serving its own key during the outage: %v, %v", i+1, resp, err)
+		}
+	}
+
+	if etcd, err = etcdembed.Start(dir, url); err != nil {
+		t.Fatalf("restart etcd: %v", err)
+	}
+	waitUntil(t, "the cluster to route again after the outage", func() bool {
+		for _, c := range clients {
+			for _, key := range keys {
+				if _, err := c.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte("after")})); err != nil {
+					return false
+				}
+			}
+		}
+		return true
+	})
+}
