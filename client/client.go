@@ -1,8 +1,8 @@
 // Package client is the Go SDK for Flux-KV. Given etcd endpoints it learns
 // the cluster's members and live nodes, places each key on its owner with
 // the same ring as the nodes (docs/ring.md) and sends the request there
-// directly, keeping one HTTP/2 connection pool per node; Batch is split by
-// owner. Given static endpoints instead (a gateway, or any node), it sends
+// directly over HTTP/2; Batch is split by owner and Scan merged from every
+// node. Given static endpoints instead (a gateway, or any node), it sends
 // everything there and lets the cluster route.
 //
 // Every method takes a context; deadlines travel with the request. Errors
@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/ring"
 )
@@ -163,53 +165,64 @@ func (c *Client) node(url string) kvv1connect.KVServiceClient {
 // owner returns the node to send key to, and its id ("" in static mode).
 // A member that is not live fails fast with Unavailable naming it.
 func (c *Client) owner(key string) (kvv1connect.KVServiceClient, string, error) {
+	node, id, _, err := c.ownerURL(key)
+	return node, id, err
+}
+
+func (c *Client) ownerURL(key string) (kvv1connect.KVServiceClient, string, string, error) {
 	if c.watcher == nil {
 		eps := c.cfg.endpoints
-		return c.node(eps[int(c.next.Load()%uint64(len(eps)))]), "", nil
+		url := eps[int(c.next.Load()%uint64(len(eps)))]
+		return c.node(url), "", url, nil
 	}
 	id := c.ring.Load().Owner(key)
 	if id == "" {
-		return nil, "", connect.NewError(connect.CodeUnavailable, errors.New("the cluster has no members"))
+		return nil, "", "", connect.NewError(connect.CodeUnavailable, errors.New("the cluster has no members"))
 	}
+	return c.member(id)
+}
+
+// member returns a client for a live member.
+func (c *Client) member(id string) (kvv1connect.KVServiceClient, string, string, error) {
 	inst, ok := c.watcher.Snapshot().Instances[kvv1connect.KVServiceName][id]
 	if !ok {
-		return nil, id, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, which owns this key, is not live", id))
+		return nil, id, "", connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, which owns this key, is not live", id))
 	}
-	return c.node("http://" + inst.Address), id, nil
+	url := "http://" + inst.Address
+	return c.node(url), id, url, nil
 }
 
-// anyNode returns some live node, for requests any node coordinates.
-func (c *Client) anyNode() (kvv1connect.KVServiceClient, error) {
-	if c.watcher == nil {
-		node, _, err := c.owner("")
-		return node, err
-	}
-	live := c.watcher.Snapshot().Live(kvv1connect.KVServiceName)
-	if len(live) == 0 {
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("no node of the cluster is live"))
-	}
-	return c.node("http://" + live[int(c.next.Add(1)%uint64(len(live)))].Address), nil
-}
-
-// call runs fn on the key's owner. In static mode an unreachable endpoint
-// makes it try the next one, once around.
+// call runs fn on the key's owner. In etcd mode, if the owner cannot be
+// reached and the cluster's view has since changed (the owner restarted
+// elsewhere, or the membership changed), it retries once on the new owner.
+// In static mode an unreachable endpoint makes it try the next one, once
+// around.
 func call[T any](ctx context.Context, c *Client, key string, fn func(kvv1connect.KVServiceClient) (T, error)) (T, error) {
 	var zero T
-	tries := 1
+	tries := 2
 	if c.watcher == nil {
 		tries = len(c.cfg.endpoints)
 	}
-	var err error
-	for range tries {
-		var node kvv1connect.KVServiceClient
-		if node, _, err = c.owner(key); err != nil {
-			return zero, err
+	var (
+		err     error
+		lastURL string
+	)
+	for attempt := range tries {
+		node, _, url, oerr := c.ownerURL(key)
+		if oerr != nil {
+			return zero, oerr
 		}
+		if attempt > 0 && c.watcher != nil && url == lastURL {
+			return zero, err // nothing changed: retrying would fail the same way
+		}
+		lastURL = url
 		var out T
-		if out, err = fn(node); err == nil || c.watcher != nil || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+		if out, err = fn(node); err == nil || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
 			return out, err
 		}
-		c.next.Add(1)
+		if c.watcher == nil {
+			c.next.Add(1)
+		}
 	}
 	return zero, err
 }
@@ -247,19 +260,54 @@ func (c *Client) Delete(ctx context.Context, req *kvv1.DeleteRequest) (*kvv1.Del
 	})
 }
 
-// Scan lists keys by prefix, one page per call; any node coordinates it
-// across the cluster.
+// Scan lists keys by prefix, one page per call. In etcd mode it asks every
+// member for its keys after the cursor, in parallel, and merges them in key
+// order; the page's cursor works on every node. A member that is down fails
+// the scan rather than leave its keys silently out.
 func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanResponse, error) {
-	node, err := c.anyNode()
-	if err != nil {
-		return nil, err
+	if c.watcher == nil {
+		return call(ctx, c, "", func(n kvv1connect.KVServiceClient) (*kvv1.ScanResponse, error) {
+			resp, err := n.Scan(ctx, connect.NewRequest(req))
+			if err != nil {
+				return nil, err
+			}
+			return resp.Msg, nil
+		})
 	}
-	resp, err := node.Scan(ctx, connect.NewRequest(req))
-	if err != nil {
-		return nil, err
+	members := c.ring.Load().Members()
+	pages := make([]*kvv1.ScanResponse, len(members))
+	errs := make([]error, len(members))
+	var wg sync.WaitGroup
+	for i, id := range members {
+		node, _, _, err := c.member(id)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("scan needs every node, and node %s is not live", id))
+		}
+		wg.Go(func() {
+			r := connect.NewRequest(req)
+			r.Header().Set(coord.ForwardedHeader, "sdk")
+			resp, err := node.Scan(ctx, r)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			pages[i] = resp.Msg
+		})
 	}
-	return resp.Msg, nil
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, errs[slices.IndexFunc(errs, func(e error) bool { return e != nil })]
+	}
+	limit := int(req.GetLimit())
+	if limit == 0 {
+		limit = defaultScanLimit
+	}
+	return coord.MergeScan(pages, limit), nil
 }
+
+// defaultScanLimit is the page size of a Scan that asks for limit 0, as on
+// the server.
+const defaultScanLimit = 100
 
 // Batch runs operations and returns one result per operation, in order. In
 // etcd mode it sends each owner its operations in one call, all owners in

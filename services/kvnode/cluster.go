@@ -15,14 +15,13 @@ import (
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
+	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/ring"
 )
 
-// forwardedHeader marks a request one node sent to another. The receiver
-// serves it from its own store and never forwards it again, so a request
-// crosses at most one hop.
-const forwardedHeader = "Flux-Forwarded-By"
+// forwardedHeader marks requests this node sends to its peers.
+const forwardedHeader = coord.ForwardedHeader
 
 // cluster is a node's view of the cluster it joined through etcd: its
 // registration, the members and live nodes, the ring over the members and

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -13,7 +11,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
-	"github.com/fluxkv/fluxkv/platform/store"
+	"github.com/fluxkv/fluxkv/platform/coord"
 )
 
 // router decides where a request is served. A standalone node, or one that
@@ -157,8 +155,7 @@ func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.O
 }
 
 // coordinateScan asks every member for a page after the cursor and merges
-// them in key order. Cursors name the last key returned, not a position in
-// one node, so the same cursor continues the scan on every node. A member
+// them in key order (coord.MergeScan). A member
 // that is down makes the scan fail: a page with some nodes' keys silently
 // missing would be wrong.
 func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.ScanRequest, limit int) (*kvv1.ScanResponse, error) {
@@ -185,22 +182,10 @@ func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.Scan
 		})
 	}
 	wg.Wait()
-	var items []*kvv1.KeyValue
-	more := false
-	for i, page := range pages {
+	for i := range pages {
 		if errs[i] != nil {
 			return nil, errs[i]
 		}
-		items = append(items, page.GetItems()...)
-		more = more || page.GetNextCursor() != ""
 	}
-	slices.SortFunc(items, func(a, b *kvv1.KeyValue) int { return strings.Compare(a.GetKey(), b.GetKey()) })
-	if len(items) > limit {
-		items, more = items[:limit], true
-	}
-	resp := &kvv1.ScanResponse{Items: items}
-	if more && len(items) > 0 {
-		resp.NextCursor = store.CursorAfter(items[len(items)-1].GetKey())
-	}
-	return resp, nil
+	return coord.MergeScan(pages, limit), nil
 }
