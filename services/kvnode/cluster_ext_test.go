@@ -280,3 +280,46 @@ func TestEtcdOutage(t *testing.T) {
 		return true
 	})
 }
+
+// TestPipelineThroughAnyNode pipelines operations on every owner's keys
+// through one node.
+func TestPipelineThroughAnyNode(t *testing.T) {
+	t.Parallel()
+	_, nodes := startCluster(t, 3)
+	client := kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream := client.Pipeline(ctx)
+	const ops = 300
+	go func() {
+		for i := range ops {
+			key := fmt.Sprintf("p/%d", i%100)
+			if i < 200 {
+				key = fmt.Sprintf("p/%d", i/2) // two puts in a row per key
+			}
+			op := &kvv1.Operation{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key, Value: []byte(fmt.Sprint(i))}}}
+			if i >= 200 {
+				op = &kvv1.Operation{Op: &kvv1.Operation_Get{Get: &kvv1.GetRequest{Key: key}}}
+			}
+			if err := stream.Send(&kvv1.PipelineRequest{Id: uint64(i), Operation: op}); err != nil {
+				return
+			}
+		}
+		_ = stream.CloseRequest()
+	}()
+	for i := range ops {
+		resp, err := stream.Receive()
+		if err != nil {
+			t.Fatalf("receive #%d: %v", i, err)
+		}
+		if resp.GetId() != uint64(i) || resp.GetResult().GetError() != nil {
+			t.Fatalf("#%d: got id %d result %v", i, resp.GetId(), resp.GetResult())
+		}
+		// Operations on one key keep their order: each get sees the second
+		// of the two puts before it.
+		if k := i - 200; k >= 0 && string(resp.GetResult().GetGet().GetValue()) != fmt.Sprint(2*k+1) {
+			t.Fatalf("#%d: get of p/%d returned %q, want %d", i, k, resp.GetResult().GetGet().GetValue(), 2*k+1)
+		}
+	}
+	_ = stream.CloseResponse()
+}

@@ -183,8 +183,9 @@ func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *c
 // writes, as HTTP/2 flow control bounds what either side can buffer.
 func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
 	type pending struct {
-		resp *kvv1.PipelineResponse
-		rev  int64
+		resp   *kvv1.PipelineResponse
+		rev    int64                      // a local write to wait for
+		remote chan *kvv1.OperationResult // the result of an operation another node runs
 	}
 	queue := make(chan pending, 1024)
 	senderDone := make(chan struct{})
@@ -192,6 +193,9 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 	go func() {
 		defer close(senderDone)
 		for p := range queue {
+			if p.remote != nil {
+				p.resp.Result = <-p.remote
+			}
 			if p.rev > 0 {
 				if err := h.dur.Wait(ctx, p.rev); err != nil {
 					p.resp.Result = errorResult(unconfirmedError(err))
@@ -203,8 +207,10 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 		}
 	}()
 
+	remote := newRemoteOps(h.router.self)
 	recvErr := func() error {
 		defer close(queue)
+		defer remote.close()
 		for {
 			req, err := stream.Receive()
 			if errors.Is(err, io.EOF) {
@@ -213,21 +219,26 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 			if err != nil {
 				return err
 			}
-			var p pending
-			if client, err := h.router.target(stream.RequestHeader(), opKey(req.GetOperation())); err != nil || client != nil {
-				// Another node owns the key: ask it, one operation at a time.
-				// Pipelines are fastest sent to the owner (the SDK does).
-				result := errorResult(err)
-				if err == nil {
-					result = h.forwardOp(ctx, client, req.GetOperation())
+			p := pending{resp: &kvv1.PipelineResponse{Id: req.GetId()}}
+			op := req.GetOperation()
+			client, err := h.router.target(stream.RequestHeader(), opKey(op))
+			if err == nil && client == nil {
+				err = h.reserveFor(ctx, op)
+				if err != nil {
+					err = refusedError(err)
 				}
-				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: result}
-			} else if err := h.reserveFor(ctx, req.GetOperation()); err != nil {
-				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: errorResult(refusedError(err))}
-			} else {
-				var result *kvv1.OperationResult
-				result, p.rev = h.apply(req.GetOperation())
-				p.resp = &kvv1.PipelineResponse{Id: req.GetId(), Result: result}
+			}
+			switch {
+			case err != nil:
+				p.resp.Result = errorResult(err)
+			case client != nil:
+				// Another node owns the key: its operations go to it in order,
+				// batched, without holding up the rest; the sender answers in
+				// arrival order.
+				p.remote = make(chan *kvv1.OperationResult, 1)
+				remote.send(ctx, client, op, p.remote)
+			default:
+				p.resp.Result, p.rev = h.apply(op)
 			}
 			select {
 			case queue <- p:

@@ -2,6 +2,7 @@ package kvnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -83,16 +84,78 @@ func opKey(op *kvv1.Operation) string {
 	return ""
 }
 
-// forwardOp runs one operation on its owner.
-func (h *handler) forwardOp(ctx context.Context, client kvv1connect.KVServiceClient, op *kvv1.Operation) *kvv1.OperationResult {
-	resp, err := client.Batch(ctx, forward(h.router.self, &kvv1.BatchRequest{Operations: []*kvv1.Operation{op}}))
-	if err != nil {
-		return errorResult(err)
+// remoteOps sends a Pipeline's operations for other nodes to their owners:
+// one goroutine per owner keeps that owner's operations in arrival order
+// (so operations on one key apply in order) and sends whatever has queued
+// up as one forwarded Batch.
+type remoteOps struct {
+	self    string
+	workers map[kvv1connect.KVServiceClient]chan remoteOp
+	wg      sync.WaitGroup
+}
+
+type remoteOp struct {
+	op   *kvv1.Operation
+	done chan<- *kvv1.OperationResult
+}
+
+// maxForwardBatch bounds one forwarded Batch (the schema allows 1000).
+const maxForwardBatch = 256
+
+func newRemoteOps(self string) *remoteOps {
+	return &remoteOps{self: self, workers: map[kvv1connect.KVServiceClient]chan remoteOp{}}
+}
+
+// send queues op for the owner behind client; its result arrives on done.
+func (r *remoteOps) send(ctx context.Context, client kvv1connect.KVServiceClient, op *kvv1.Operation, done chan<- *kvv1.OperationResult) {
+	ch, ok := r.workers[client]
+	if !ok {
+		ch = make(chan remoteOp, maxForwardBatch)
+		r.workers[client] = ch
+		r.wg.Go(func() { r.run(ctx, client, ch) })
 	}
-	if len(resp.Msg.GetResults()) != 1 {
-		return errorResult(connect.NewError(connect.CodeInternal, fmt.Errorf("owner answered %d results for 1 operation", len(resp.Msg.GetResults()))))
+	ch <- remoteOp{op, done}
+}
+
+func (r *remoteOps) run(ctx context.Context, client kvv1connect.KVServiceClient, ch chan remoteOp) {
+	for first := range ch {
+		batch := []remoteOp{first}
+	drain:
+		for len(batch) < maxForwardBatch {
+			select {
+			case next, ok := <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, next)
+			default:
+				break drain
+			}
+		}
+		ops := make([]*kvv1.Operation, len(batch))
+		for i, b := range batch {
+			ops[i] = b.op
+		}
+		resp, err := client.Batch(ctx, forward(r.self, &kvv1.BatchRequest{Operations: ops}))
+		for i, b := range batch {
+			switch {
+			case err != nil:
+				b.done <- errorResult(err)
+			case i < len(resp.Msg.GetResults()):
+				b.done <- resp.Msg.GetResults()[i]
+			default:
+				b.done <- errorResult(connect.NewError(connect.CodeInternal, errors.New("owner answered too few results")))
+			}
+		}
 	}
-	return resp.Msg.GetResults()[0]
+}
+
+// close stops the workers once they have sent everything queued.
+func (r *remoteOps) close() {
+	for _, ch := range r.workers {
+		close(ch)
+	}
+	r.wg.Wait()
 }
 
 // coordinateBatch splits a batch by owner: local operations run here, each
