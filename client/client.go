@@ -326,7 +326,7 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 	groups := map[string][]int{}
 	nodes := map[string]kvv1connect.KVServiceClient{}
 	for i, op := range ops {
-		node, id, err := c.owner(keyOf(op))
+		node, id, err := c.owner(coord.OperationKey(op))
 		if err != nil {
 			results[i] = errorResult(err)
 			continue
@@ -356,18 +356,6 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 	}
 	wg.Wait()
 	return results, nil
-}
-
-func keyOf(op *kvv1.Operation) string {
-	switch o := op.GetOp().(type) {
-	case *kvv1.Operation_Get:
-		return o.Get.GetKey()
-	case *kvv1.Operation_Put:
-		return o.Put.GetKey()
-	case *kvv1.Operation_Delete:
-		return o.Delete.GetKey()
-	}
-	return ""
 }
 
 func errorResult(err error) *kvv1.OperationResult {

@@ -37,3 +37,17 @@ func MergeScan(pages []*kvv1.ScanResponse, limit int) *kvv1.ScanResponse {
 	}
 	return resp
 }
+
+// OperationKey is the key a Batch or Pipeline operation touches, which
+// decides its owner; "" for an operation with nothing set.
+func OperationKey(op *kvv1.Operation) string {
+	switch o := op.GetOp().(type) {
+	case *kvv1.Operation_Get:
+		return o.Get.GetKey()
+	case *kvv1.Operation_Put:
+		return o.Put.GetKey()
+	case *kvv1.Operation_Delete:
+		return o.Delete.GetKey()
+	}
+	return ""
+}

@@ -14,6 +14,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
 
@@ -221,7 +222,7 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 			}
 			p := pending{resp: &kvv1.PipelineResponse{Id: req.GetId()}}
 			op := req.GetOperation()
-			client, err := h.router.target(stream.RequestHeader(), opKey(op))
+			client, err := h.router.target(stream.RequestHeader(), coord.OperationKey(op))
 			if err == nil && client == nil {
 				err = h.reserveFor(ctx, op)
 				if err != nil {

@@ -70,20 +70,6 @@ func forward[T any](self string, msg *T) *connect.Request[T] {
 	return req
 }
 
-// opKey is the key an operation touches ("" for an empty operation, which
-// is served locally to fail validation there).
-func opKey(op *kvv1.Operation) string {
-	switch o := op.GetOp().(type) {
-	case *kvv1.Operation_Get:
-		return o.Get.GetKey()
-	case *kvv1.Operation_Put:
-		return o.Put.GetKey()
-	case *kvv1.Operation_Delete:
-		return o.Delete.GetKey()
-	}
-	return ""
-}
-
 // remoteOps sends a Pipeline's operations for other nodes to their owners:
 // one goroutine per owner keeps that owner's operations in arrival order
 // (so operations on one key apply in order) and sends whatever has queued
@@ -168,9 +154,9 @@ func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.O
 	remote := map[string][]int{}
 	clients := map[string]kvv1connect.KVServiceClient{}
 	for i, op := range ops {
-		owner, client, err := c.owner(opKey(op))
+		owner, client, err := c.owner(coord.OperationKey(op))
 		switch {
-		case owner == h.router.self || opKey(op) == "":
+		case owner == h.router.self || coord.OperationKey(op) == "":
 			local = append(local, i)
 		case err != nil:
 			results[i] = errorResult(err)
