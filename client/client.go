@@ -104,12 +104,13 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		etcd.Close()
 		return nil, fmt.Errorf("flux client: %w", err)
 	}
-	if err := c.rebuild(); err != nil {
+	snap, changed := c.watcher.Current()
+	if err := c.rebuild(snap); err != nil {
 		c.watcher.Close()
 		etcd.Close()
 		return nil, err
 	}
-	go c.follow()
+	go c.follow(changed)
 	return c, nil
 }
 
@@ -130,20 +131,23 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) follow() {
+// follow rebuilds the ring whenever the cluster changes.
+func (c *Client) follow(changed <-chan struct{}) {
 	defer close(c.donec)
 	for {
 		select {
 		case <-c.stopc:
 			return
-		case <-c.watcher.Changed():
-			_ = c.rebuild()
+		case <-changed:
 		}
+		var snap *discovery.Snapshot
+		snap, changed = c.watcher.Current()
+		_ = c.rebuild(snap)
 	}
 }
 
-func (c *Client) rebuild() error {
-	r, err := ring.New(c.watcher.Snapshot().MemberIDs())
+func (c *Client) rebuild(snap *discovery.Snapshot) error {
+	r, err := ring.New(snap.MemberIDs())
 	if err != nil {
 		return fmt.Errorf("flux client: %w", err)
 	}

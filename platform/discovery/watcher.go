@@ -63,6 +63,15 @@ func (w *Watcher) Snapshot() *Snapshot {
 	return w.snap
 }
 
+// Current returns the current state and a channel closed at the next
+// change, read together so that no change falls between them: a loop that
+// acts on the snapshot and then waits on the channel never misses one.
+func (w *Watcher) Current() (*Snapshot, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.snap, w.changec
+}
+
 // Changed returns a channel that is closed at the next change.
 func (w *Watcher) Changed() <-chan struct{} {
 	w.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,10 +81,11 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluste
 	if added {
 		cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
 	}
-	if err := c.rebuild(); err != nil {
+	snap, changed := c.watcher.Current()
+	if err := c.rebuild(snap); err != nil {
 		return nil, err
 	}
-	go c.follow()
+	go c.follow(changed)
 	inst := discovery.Instance{
 		ID: cfg.NodeID, Address: apiAddr, AdminAddress: adminAddr,
 		StartedAt: time.Now().UTC().Truncate(time.Second), Version: buildinfo.String(),
@@ -127,24 +129,25 @@ func (c *cluster) checkJoin(ctx context.Context, accept bool) error {
 }
 
 // follow rebuilds the ring whenever the members change.
-func (c *cluster) follow() {
+func (c *cluster) follow(changed <-chan struct{}) {
 	defer close(c.donec)
 	for {
 		select {
 		case <-c.stopc:
 			return
-		case <-c.watcher.Changed():
+		case <-changed:
 		}
-		if err := c.rebuild(); err != nil {
+		var snap *discovery.Snapshot
+		snap, changed = c.watcher.Current()
+		if err := c.rebuild(snap); err != nil {
 			c.logger.Error("rebuild ring", slog.Any("error", err))
 		}
 	}
 }
 
-func (c *cluster) rebuild() error {
-	snap := c.watcher.Snapshot()
+func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 	ids := snap.MemberIDs()
-	if r := c.ring.Load(); r != nil && slicesEqual(r.Members(), ids) {
+	if r := c.ring.Load(); r != nil && slices.Equal(r.Members(), ids) {
 		return nil
 	}
 	r, err := ring.New(ids)
@@ -195,16 +198,4 @@ func (c *cluster) leave() error {
 		err = cerr
 	}
 	return err
-}
-
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -201,7 +201,7 @@ func TestNewMemberIsRefusedWhileTheClusterHoldsData(t *testing.T) {
 	}
 	err = late.Start(context.Background())
 	_ = late.Shutdown(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "holds data") {
+	if err == nil || !strings.Contains(err.Error(), "cannot add node node-9 to a cluster that holds data") {
 		t.Fatalf("joining a cluster with data: got %v, want a refusal", err)
 	}
 	cfg.AcceptKeyMovement = true
