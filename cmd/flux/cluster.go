@@ -11,6 +11,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -57,7 +58,7 @@ type memberStatus struct {
 }
 
 func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool) int {
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
 	if err != nil {
 		fmt.Fprintf(env.stderr, "flux cluster: connect to etcd: %v\n", err)
 		return exitError

@@ -26,6 +26,11 @@ const (
 	Prefix         = "/flux/"
 	MembersPrefix  = Prefix + "members/"
 	ServicesPrefix = Prefix + "services/"
+	// DataKey exists once any node of the cluster has accepted a write. A
+	// node records it before it applies its first write, and a new member
+	// may join only while it is absent: until data moves with its keys,
+	// joining a cluster that holds data would hide keys from reads.
+	DataKey = Prefix + "cluster/holds-data"
 )
 
 // Instance is the value of a live instance's key.
@@ -52,6 +57,7 @@ func InstanceKey(service, id string) string { return ServicesPrefix + service + 
 // Snapshot is the cluster as of one etcd revision.
 type Snapshot struct {
 	Revision  int64
+	HoldsData bool                           // DataKey exists
 	Members   map[string]Member              // by id
 	Instances map[string]map[string]Instance // by service, then instance id
 }
@@ -91,7 +97,7 @@ func (s *Snapshot) Services() []string {
 }
 
 func (s *Snapshot) clone() *Snapshot {
-	c := &Snapshot{Revision: s.Revision, Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
+	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
 	for id, m := range s.Members {
 		c.Members[id] = m
 	}
@@ -110,6 +116,8 @@ func (s *Snapshot) clone() *Snapshot {
 // someone else must not break discovery.
 func (s *Snapshot) apply(key string, value []byte) error {
 	switch {
+	case key == DataKey:
+		s.HoldsData = value != nil
 	case strings.HasPrefix(key, MembersPrefix):
 		id := strings.TrimPrefix(key, MembersPrefix)
 		if value == nil {

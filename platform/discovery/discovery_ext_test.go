@@ -2,6 +2,7 @@ package discovery_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"testing"
@@ -57,11 +58,11 @@ func TestRegisterWatchAndRevoke(t *testing.T) {
 	}
 	defer w.Close()
 
-	added, err := discovery.AddMember(ctx, client, "n1")
+	added, err := discovery.AddMember(ctx, client, "n1", false)
 	if err != nil || !added {
 		t.Fatalf("add member: %v, %v", added, err)
 	}
-	if again, err := discovery.AddMember(ctx, client, "n1"); err != nil || again {
+	if again, err := discovery.AddMember(ctx, client, "n1", false); err != nil || again {
 		t.Fatalf("adding a member twice: added %v, %v", again, err)
 	}
 	inst := discovery.Instance{ID: "n1", Address: "127.0.0.1:7701", AdminAddress: "127.0.0.1:9701", StartedAt: time.Now().UTC().Truncate(time.Second), Version: "test"}
@@ -98,7 +99,7 @@ func TestRegisterWatchAndRevoke(t *testing.T) {
 
 	// Close revokes the lease: the instance disappears at once, the member
 	// stays.
-	if err := reg.Close(); err != nil {
+	if err := reg.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, w, "n1 gone", func(s *discovery.Snapshot) bool {
@@ -158,4 +159,55 @@ func TestWatcherResyncsAfterCompaction(t *testing.T) {
 	w.StartFrom(old)
 	defer w.Close()
 	waitFor(t, w, "members after resync", func(s *discovery.Snapshot) bool { return len(s.MemberIDs()) == 3 })
+}
+
+// TestJoinAndFirstWriteExcludeEachOther: a member may join only while the
+// cluster holds no data, and the first write is recorded only by a node
+// whose view includes every member; so a join and a first write racing
+// each other cannot both succeed.
+func TestJoinAndFirstWriteExcludeEachOther(t *testing.T) {
+	t.Parallel()
+	client := startEtcd(t)
+	ctx := context.Background()
+	if added, err := discovery.AddMember(ctx, client, "a", false); err != nil || !added {
+		t.Fatalf("add a: %v, %v", added, err)
+	}
+	resp, err := client.Get(ctx, discovery.MembersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	viewOfA := resp.Header.Revision // a's view: members {a}
+	if added, err := discovery.AddMember(ctx, client, "b", false); err != nil || !added {
+		t.Fatalf("add b: %v, %v", added, err)
+	}
+	if err := discovery.MarkData(ctx, client, "a", viewOfA); !errors.Is(err, discovery.ErrMembersChanged) {
+		t.Fatalf("marking data from a view without b: got %v, want ErrMembersChanged", err)
+	}
+	resp, err = client.Get(ctx, discovery.MembersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := discovery.MarkData(ctx, client, "a", resp.Header.Revision); err != nil {
+		t.Fatalf("marking data from a current view: %v", err)
+	}
+	if err := discovery.MarkData(ctx, client, "b", viewOfA); err != nil {
+		t.Fatalf("marking data again: got %v, want nil (already recorded)", err)
+	}
+	if added, err := discovery.AddMember(ctx, client, "c", false); !errors.Is(err, discovery.ErrHoldsData) || added {
+		t.Fatalf("adding c to a cluster with data: got %v, %v, want ErrHoldsData", added, err)
+	}
+	if added, err := discovery.AddMember(ctx, client, "a", false); err != nil || added {
+		t.Fatalf("rejoining as a: got %v, %v, want an existing member", added, err)
+	}
+	if added, err := discovery.AddMember(ctx, client, "c", true); err != nil || !added {
+		t.Fatalf("adding c with consent: got %v, %v", added, err)
+	}
+	w := discovery.NewWatcher(client, quiet)
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if !w.Snapshot().HoldsData {
+		t.Error("the snapshot does not show that the cluster holds data")
+	}
 }

@@ -3,6 +3,7 @@ package discovery
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -78,22 +79,79 @@ func Register(ctx context.Context, client *clientv3.Client, service string, inst
 	return r, nil
 }
 
+// ErrHoldsData is returned by AddMember when the cluster holds data.
+var ErrHoldsData = errors.New("the cluster holds data")
+
+// ErrMembersChanged is returned by MarkData when members joined after the
+// revision the caller's view is from.
+var ErrMembersChanged = errors.New("the cluster's members changed")
+
 // AddMember records id under /flux/members/ unless it is there already,
-// and reports whether it was added.
-func AddMember(ctx context.Context, client *clientv3.Client, id string) (bool, error) {
+// and reports whether it was added. A new member is refused with
+// ErrHoldsData once DataKey exists, unless allowData is set. Both checks
+// and the write are one transaction, so a join and a first write racing
+// each other cannot both succeed.
+func AddMember(ctx context.Context, client *clientv3.Client, id string, allowData bool) (bool, error) {
 	value, err := json.Marshal(Member{ID: id, JoinedAt: time.Now().UTC()})
 	if err != nil {
 		return false, err
 	}
 	key := MemberKey(id)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
+	if !allowData {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(DataKey), "=", 0))
+	}
 	resp, err := client.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		If(cmps...).
 		Then(clientv3.OpPut(key, string(value))).
+		Else(clientv3.OpGet(key, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
 		return false, fmt.Errorf("record member %s: %w", id, err)
 	}
-	return resp.Succeeded, nil
+	if resp.Succeeded {
+		return true, nil
+	}
+	if resp.Responses[0].GetResponseRange().GetCount() > 0 {
+		return false, nil // already a member
+	}
+	return false, ErrHoldsData
+}
+
+// RemoveMember deletes member id. It is for undoing a join that did not
+// complete; removing a member of a cluster that holds data moves its keys.
+func RemoveMember(ctx context.Context, client *clientv3.Client, id string) error {
+	if _, err := client.Delete(ctx, MemberKey(id)); err != nil {
+		return fmt.Errorf("remove member %s: %w", id, err)
+	}
+	return nil
+}
+
+// MarkData records that the cluster holds data (DataKey), on behalf of
+// node. It succeeds if the key exists already. It fails with
+// ErrMembersChanged if a member joined after revision rev, the revision of
+// the caller's view of the members: the caller's ring is then stale and it
+// must not accept the write it was about to.
+func MarkData(ctx context.Context, client *clientv3.Client, node string, rev int64) error {
+	value, err := json.Marshal(map[string]any{"node_id": node, "at": time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	resp, err := client.Txn(ctx).
+		If(
+			clientv3.Compare(clientv3.CreateRevision(DataKey), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(MembersPrefix), "<", rev+1).WithPrefix(),
+		).
+		Then(clientv3.OpPut(DataKey, string(value))).
+		Else(clientv3.OpGet(DataKey, clientv3.WithCountOnly())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("record in etcd that the cluster holds data: %w", err)
+	}
+	if resp.Succeeded || resp.Responses[0].GetResponseRange().GetCount() > 0 {
+		return nil
+	}
+	return ErrMembersChanged
 }
 
 // register grants a lease within ctx, keeps it alive until Close, and puts
@@ -150,8 +208,9 @@ func (r *Registration) keep(session *concurrency.Session) {
 }
 
 // Close stops re-registering and revokes the lease, removing the instance
-// at once. It is idempotent.
-func (r *Registration) Close() error {
+// at once. If etcd does not answer before ctx ends, the lease is left to
+// expire after its TTL. It is idempotent; later calls return nil.
+func (r *Registration) Close(ctx context.Context) error {
 	var err error
 	r.closeOnce.Do(func() {
 		close(r.stopc)
@@ -159,8 +218,13 @@ func (r *Registration) Close() error {
 		r.mu.Lock()
 		session := r.session
 		r.mu.Unlock()
-		err = session.Close()
+		// Stop the keep-alives first: a revoke that cannot reach etcd must
+		// not leave them renewing the lease.
+		session.Orphan()
 		r.keepCancel()
+		if _, rerr := r.client.Revoke(ctx, session.Lease()); rerr != nil {
+			err = fmt.Errorf("revoke lease of %s (it expires after its TTL): %w", r.key, rerr)
+		}
 	})
 	return err
 }

@@ -51,7 +51,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 func (w *Watcher) startFrom(snap *Snapshot) {
 	w.publish(snap)
 	runCtx, cancel := context.WithCancel(context.Background())
+	w.mu.Lock()
 	w.cancel = cancel
+	w.mu.Unlock()
 	go w.run(runCtx)
 }
 
@@ -82,8 +84,11 @@ func (w *Watcher) Changed() <-chan struct{} {
 // Close stops watching. It is idempotent.
 func (w *Watcher) Close() {
 	w.closeOnce.Do(func() {
-		if w.cancel != nil {
-			w.cancel()
+		w.mu.Lock()
+		cancel := w.cancel
+		w.mu.Unlock()
+		if cancel != nil {
+			cancel()
 			<-w.donec
 		}
 	})

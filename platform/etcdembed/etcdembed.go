@@ -4,11 +4,13 @@
 package etcdembed
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -28,12 +30,23 @@ func Start(dir, clientURL string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client url %q: %w", clientURL, err)
 	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create etcd dir: %w", err)
+	}
+	// The peer port is picked before etcd binds it, so another process can
+	// take it in between: try a few ports before giving up.
+	for attempt := 1; ; attempt++ {
+		srv, err := start(dir, cu)
+		if err == nil || attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return srv, err
+		}
+	}
+}
+
+func start(dir string, cu *url.URL) (*Server, error) {
 	peer, err := freeLoopbackURL()
 	if err != nil {
 		return nil, err
-	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return nil, fmt.Errorf("create etcd dir: %w", err)
 	}
 	cfg := embed.NewConfig()
 	cfg.Name = "flux"

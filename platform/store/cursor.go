@@ -18,6 +18,10 @@ var cursorEncoding = base64.RawURLEncoding.Strict()
 // several stores can hand each of them the same cursor.
 func CursorAfter(key string) string { return encodeCursor(key) }
 
+// CursorKey returns the key a cursor from CursorAfter or Scan resumes
+// after, so a coordinator can compare how far each node's page reached.
+func CursorKey(cursor string) (string, error) { return decodeCursor(cursor, "") }
+
 // encodeCursor returns the cursor that resumes a scan after key.
 func encodeCursor(key string) string {
 	b := make([]byte, 1+len(key))

@@ -2,8 +2,10 @@ package kvnode
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -12,8 +14,8 @@ import (
 
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
-	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/coord"
@@ -24,6 +26,21 @@ import (
 // forwardedHeader marks requests this node sends to its peers.
 const forwardedHeader = coord.ForwardedHeader
 
+// Timeouts of calls between nodes. A peer that is registered but does not
+// answer must cost its callers a bounded wait, not the client's whole
+// deadline (or none at all).
+const (
+	peerDialTimeout = time.Second
+	// peerPingInterval and peerPingTimeout detect a dead HTTP/2 connection
+	// to a peer (a host that vanished without closing it).
+	peerPingInterval = 2 * time.Second
+	peerPingTimeout  = 2 * time.Second
+	// peerCallTimeout bounds a forwarded call whose caller set no deadline.
+	peerCallTimeout = 10 * time.Second
+	// etcdTimeout bounds each etcd request the node makes while serving.
+	etcdTimeout = 3 * time.Second
+)
+
 // cluster is a node's view of the cluster it joined through etcd: its
 // registration, the members and live nodes, the ring over the members and
 // clients for its peers.
@@ -32,21 +49,42 @@ type cluster struct {
 	client  *clientv3.Client
 	watcher *discovery.Watcher
 	reg     *discovery.Registration
-	ring    atomic.Pointer[ring.Ring]
+	view    atomic.Pointer[view]
 	http    *http.Client
 	logger  *slog.Logger
 
+	// marked is set once etcd records that the cluster holds data, after
+	// which writes need no etcd round trip.
+	marked atomic.Bool
+	markMu sync.Mutex
+
 	mu    sync.Mutex
-	peers map[string]kvv1connect.KVServiceClient // by address
+	peers map[string]kvv1connect.KVServiceClient // by node id and address
 
 	stopc chan struct{}
 	donec chan struct{}
 }
 
+// view is the ring and the etcd revision of the members it was built from.
+type view struct {
+	ring *ring.Ring
+	rev  int64
+}
+
 // join records the node as a member, starts watching the cluster and
-// registers the node as live.
-func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluster, err error) {
-	client, err := clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: nil})
+// registers the node as live. holdsData says the node's store is not
+// empty (it recovered data), which etcd must record before the node
+// serves. The caller must be ready to serve requests routed by the ring
+// before join returns: registering makes the node live to everyone.
+func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData bool) (_ *cluster, err error) {
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Etcd,
+		DialTimeout: 5 * time.Second,
+		Context:     context.Background(),
+		// The client's own logging goes nowhere: the node logs what matters
+		// (lease losses, re-registrations) through its logger.
+		Logger: zap.NewNop(),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd: %w", err)
 	}
@@ -56,36 +94,72 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluste
 		self:    cfg.NodeID,
 		client:  client,
 		watcher: discovery.NewWatcher(client, cfg.Logger),
-		http:    &http.Client{Transport: &http.Transport{Protocols: &protocols}},
-		logger:  cfg.Logger,
-		peers:   map[string]kvv1connect.KVServiceClient{},
-		stopc:   make(chan struct{}),
-		donec:   make(chan struct{}),
+		http: &http.Client{Transport: &http.Transport{
+			Protocols:   &protocols,
+			DialContext: (&net.Dialer{Timeout: peerDialTimeout}).DialContext,
+			HTTP2:       &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
+		}},
+		logger: cfg.Logger,
+		peers:  map[string]kvv1connect.KVServiceClient{},
+		stopc:  make(chan struct{}),
+		donec:  make(chan struct{}),
 	}
+	var added, following bool
 	defer func() {
-		if err != nil {
-			c.watcher.Close()
-			client.Close()
+		if err == nil {
+			return
 		}
+		if following {
+			close(c.stopc)
+			<-c.donec
+		}
+		if added {
+			// Undo the join, so a node that never served leaves no member
+			// behind owning keys nobody holds.
+			rctx, cancel := context.WithTimeout(context.Background(), etcdTimeout)
+			if rerr := discovery.RemoveMember(rctx, client, c.self); rerr != nil {
+				c.logger.Error("could not undo the join; remove the member by hand", slog.String("node_id", c.self), slog.Any("error", rerr))
+			}
+			cancel()
+		}
+		c.watcher.Close()
+		client.Close()
 	}()
 	if err := c.watcher.Start(ctx); err != nil {
 		return nil, err
 	}
-	if err := c.checkJoin(ctx, cfg.AcceptKeyMovement); err != nil {
-		return nil, err
+	added, err = discovery.AddMember(ctx, client, cfg.NodeID, cfg.AcceptKeyMovement)
+	if errors.Is(err, discovery.ErrHoldsData) {
+		return nil, fmt.Errorf("cannot add node %s to a cluster that holds data: keys would move to it without their values, "+
+			"and live rebalancing does not exist yet; pass --accept-key-movement to join anyway", c.self)
 	}
-	added, err := discovery.AddMember(ctx, client, cfg.NodeID)
 	if err != nil {
 		return nil, err
 	}
 	if added {
 		cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
 	}
+	// The member just recorded may not be in the snapshot yet: wait for it,
+	// so the ring this node starts with includes itself.
 	snap, changed := c.watcher.Current()
+	for _, ok := snap.Members[c.self]; !ok; _, ok = snap.Members[c.self] {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting to see this node's membership in etcd: %w", ctx.Err())
+		case <-changed:
+		}
+		snap, changed = c.watcher.Current()
+	}
 	if err := c.rebuild(snap); err != nil {
 		return nil, err
 	}
+	following = true
 	go c.follow(changed)
+	if holdsData {
+		if err := c.markData(ctx); err != nil {
+			return nil, err
+		}
+	}
 	inst := discovery.Instance{
 		ID: cfg.NodeID, Address: apiAddr, AdminAddress: adminAddr,
 		StartedAt: time.Now().UTC().Truncate(time.Second), Version: buildinfo.String(),
@@ -93,38 +167,36 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string) (_ *cluste
 	c.reg, err = discovery.Register(ctx, client, kvv1connect.KVServiceName, inst,
 		discovery.WithTTL(cfg.LeaseTTL), discovery.WithLogger(cfg.Logger))
 	if err != nil {
-		close(c.stopc)
-		<-c.donec
 		return nil, err
 	}
 	return c, nil
 }
 
-// checkJoin refuses to add a new member to a cluster that holds data:
-// the ring would give the new node keys whose data stays on their old
-// owners, and reads would miss them. Until live rebalancing exists, only an
-// operator who accepts that may do it. Rejoining as an existing member, and
-// forming a cluster while it is empty, are always allowed.
-func (c *cluster) checkJoin(ctx context.Context, accept bool) error {
-	snap := c.watcher.Snapshot()
-	if _, ok := snap.Members[c.self]; ok || len(snap.Members) == 0 || accept {
+// markData makes sure etcd records that the cluster holds data before this
+// node applies a write, so no new member joins and takes over keys whose
+// values stay here. It costs one etcd transaction per node lifetime. If a
+// member joined since this node's ring was built, the write is refused as
+// not executed: the ring may send the key elsewhere now.
+func (c *cluster) markData(ctx context.Context) error {
+	if c.marked.Load() {
 		return nil
 	}
-	for _, id := range snap.MemberIDs() {
-		inst, ok := snap.Instances[kvv1connect.KVServiceName][id]
-		if !ok {
-			return fmt.Errorf("cannot add node %s: member %s is down, so whether the cluster holds data cannot be checked (pass --accept-key-movement to join anyway)", c.self, id)
-		}
-		peer := kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address, connect.WithGRPC())
-		resp, err := peer.Scan(ctx, forward(c.self, &kvv1.ScanRequest{Limit: 1, KeysOnly: true}))
-		if err != nil {
-			return fmt.Errorf("cannot add node %s: checking member %s for data: %w", c.self, id, err)
-		}
-		if len(resp.Msg.GetItems()) > 0 {
-			return fmt.Errorf("cannot add node %s to a cluster that holds data: keys would move to it without their values, "+
-				"and live rebalancing does not exist yet; pass --accept-key-movement to join anyway", c.self)
-		}
+	c.markMu.Lock()
+	defer c.markMu.Unlock()
+	if c.marked.Load() || c.watcher.Snapshot().HoldsData {
+		c.marked.Store(true)
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	err := discovery.MarkData(ctx, c.client, c.self, c.view.Load().rev)
+	switch {
+	case errors.Is(err, discovery.ErrMembersChanged):
+		return coord.NotExecuted(coord.ReasonNotReady, c.self, fmt.Errorf("node %s: the cluster's members are changing; retry", c.self))
+	case err != nil:
+		return coord.NotExecuted(coord.ReasonNotReady, c.self, fmt.Errorf("node %s cannot accept the cluster's first write: %w", c.self, err))
+	}
+	c.marked.Store(true)
 	return nil
 }
 
@@ -147,22 +219,25 @@ func (c *cluster) follow(changed <-chan struct{}) {
 
 func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 	ids := snap.MemberIDs()
-	if r := c.ring.Load(); r != nil && slices.Equal(r.Members(), ids) {
+	if v := c.view.Load(); v != nil && slices.Equal(v.ring.Members(), ids) {
 		return nil
 	}
 	r, err := ring.New(ids)
 	if err != nil {
 		return err
 	}
-	c.ring.Store(r)
+	c.view.Store(&view{ring: r, rev: snap.Revision})
 	c.logger.Info("ring updated", slog.Any("members", ids))
 	return nil
 }
 
+// ring returns the current ring.
+func (c *cluster) ring() *ring.Ring { return c.view.Load().ring }
+
 // owner returns the member owning key and, unless it is this node, a client
 // for it. A member that is not live fails fast with Unavailable naming it.
 func (c *cluster) owner(key string) (string, kvv1connect.KVServiceClient, error) {
-	id := c.ring.Load().Owner(key)
+	id := c.ring().Owner(key)
 	if id == c.self {
 		return id, nil, nil
 	}
@@ -174,28 +249,55 @@ func (c *cluster) owner(key string) (string, kvv1connect.KVServiceClient, error)
 func (c *cluster) peer(id string) (kvv1connect.KVServiceClient, error) {
 	inst, ok := c.watcher.Snapshot().Instances[kvv1connect.KVServiceName][id]
 	if !ok {
-		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, which owns this key, is not live", id))
+		return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, fmt.Errorf("node %s, which owns this key, is not live", id))
 	}
+	key := id + "@" + inst.Address
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	client, ok := c.peers[inst.Address]
+	client, ok := c.peers[key]
 	if !ok {
-		client = kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address, connect.WithGRPC())
-		c.peers[inst.Address] = client
+		client = kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address,
+			connect.WithGRPC(), connect.WithInterceptors(peerInterceptor(id, inst.Address)))
+		c.peers[key] = client
 	}
 	return client, nil
 }
 
-// leave revokes the registration first, so peers stop sending requests
-// here, then stops watching.
-func (c *cluster) leave() error {
-	err := c.reg.Close()
+// peerInterceptor bounds calls to a peer that carry no deadline, and turns
+// a failure to connect into an error that names the node and says the
+// request was not executed.
+func peerInterceptor(id, addr string) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			if _, ok := ctx.Deadline(); !ok {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, peerCallTimeout)
+				defer cancel()
+			}
+			resp, err := next(ctx, req)
+			var opErr *net.OpError
+			if err != nil && errors.As(err, &opErr) && opErr.Op == "dial" {
+				return nil, coord.NotExecuted(coord.ReasonOwnerUnreachable, id,
+					fmt.Errorf("node %s at %s cannot be reached: %v", id, addr, opErr.Err))
+			}
+			return resp, err
+		}
+	}
+}
+
+// deregister revokes the node's registration, so peers, gateways and SDKs
+// stop sending it requests, while the node keeps routing the requests it
+// still gets. If etcd does not answer before ctx ends, the registration
+// expires after its TTL instead.
+func (c *cluster) deregister(ctx context.Context) error {
+	return c.reg.Close(ctx)
+}
+
+// close stops watching the cluster and releases the connections.
+func (c *cluster) close() error {
 	close(c.stopc)
 	<-c.donec
 	c.watcher.Close()
 	c.http.CloseIdleConnections()
-	if cerr := c.client.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return c.client.Close()
 }

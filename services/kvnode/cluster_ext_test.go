@@ -6,13 +6,18 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/coord"
+	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/platform/ring"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -26,7 +31,7 @@ func startCluster(t *testing.T, n int) (string, []*kvnode.Node) {
 		t.Fatal(err)
 	}
 	t.Cleanup(etcd.Close)
-	var nodes []*kvnode.Node
+	nodes := make([]*kvnode.Node, n)
 	for i := range n {
 		cfg := withTestDefaults(kvnode.Config{
 			NodeID: fmt.Sprintf("node-%d", i+1), DataDir: t.TempDir(), AppendOnly: true,
@@ -36,14 +41,23 @@ func startCluster(t *testing.T, n int) (string, []*kvnode.Node) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		err = node.Start(ctx)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
 		t.Cleanup(func() { _ = node.Shutdown(context.Background()) })
-		nodes = append(nodes, node)
+		nodes[i] = node
+	}
+	// All at once, as a compose file or an orchestrator starts them: no
+	// node may refuse to join because the others are not live yet.
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, node := range nodes {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			errs[i] = node.Start(ctx)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
 	}
 	// Every node must see every member before the ring is complete.
 	r, _ := ring.New([]string{"node-1", "node-2", "node-3"}[:n])
@@ -165,7 +179,11 @@ func TestKeysOfADownNodeFailFast(t *testing.T) {
 	if !errors.As(err, &connectErr) || connectErr.Code() != connect.CodeUnavailable || !strings.Contains(connectErr.Message(), "node-3") || !strings.Contains(connectErr.Message(), "not live") {
 		t.Fatalf("get of a down node's key: %v", err)
 	}
-	t.Logf("a down node's key failed in %v", time.Since(start))
+	// Failing fast means answering from what the node knows, not after a
+	// timeout (a dial or call timeout is a second or more).
+	if took := time.Since(start); took > 500*time.Millisecond {
+		t.Errorf("a down node's key failed after %v, want a fast failure", took)
+	}
 	if _, err := client.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: up, Value: []byte("v")})); err != nil {
 		t.Errorf("a live node's key failed too: %v", err)
 	}
@@ -226,7 +244,11 @@ func TestEtcdOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := etcd.ClientURL()
-	defer func() { etcd.Close() }()
+	defer func() {
+		if etcd != nil {
+			etcd.Close()
+		}
+	}()
 	var nodes []*kvnode.Node
 	for i := range 2 {
 		node, err := kvnode.New(withTestDefaults(kvnode.Config{
@@ -257,7 +279,31 @@ func TestEtcdOutage(t *testing.T) {
 		return true
 	})
 
+	leases := func() map[string]int64 {
+		cli, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		resp, err := cli.Get(ctx, discovery.ServicesPrefix, clientv3.WithPrefix())
+		if err != nil {
+			return nil
+		}
+		out := map[string]int64{}
+		for _, kv := range resp.Kvs {
+			out[string(kv.Key)] = kv.Lease
+		}
+		return out
+	}
+	before := leases()
+	if len(before) != 2 {
+		t.Fatalf("registrations before the outage: %v", before)
+	}
+
 	etcd.Close()
+	etcd = nil
 	time.Sleep(2500 * time.Millisecond) // longer than the lease TTL
 	for i, key := range keys {
 		resp, err := clients[i].Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
@@ -268,6 +314,25 @@ func TestEtcdOutage(t *testing.T) {
 
 	if etcd, err = etcdembed.Start(dir, url); err != nil {
 		t.Fatalf("restart etcd: %v", err)
+	}
+	// Both nodes lost their sessions, so they register again with new
+	// leases; the old ones, which etcd restored, expire unrenewed.
+	waitUntil(t, "both nodes to re-register with new leases", func() bool {
+		after := leases()
+		if len(after) != 2 {
+			return false
+		}
+		for key, lease := range after {
+			if lease == before[key] {
+				return false
+			}
+		}
+		return true
+	})
+	// Past the old leases' TTL the registrations are still there.
+	time.Sleep(2 * time.Second)
+	if after := leases(); len(after) != 2 {
+		t.Fatalf("registrations after the old leases expired: %v", after)
 	}
 	waitUntil(t, "the cluster to route again after the outage", func() bool {
 		for _, c := range clients {
@@ -322,4 +387,37 @@ func TestPipelineThroughAnyNode(t *testing.T) {
 		}
 	}
 	_ = stream.CloseResponse()
+}
+
+// TestForwardedBatchIsCheckedForOwnership: a Batch that a peer forwards
+// because its ring (stale, mid-change) places the keys here must not be
+// applied to this node's store for keys this node's ring places elsewhere.
+func TestForwardedBatchIsCheckedForOwnership(t *testing.T) {
+	t.Parallel()
+	_, nodes := startCluster(t, 2)
+	ctx := context.Background()
+	r, _ := ring.New([]string{"node-1", "node-2"})
+	mine, theirs := keyOwnedBy(r, "node-1", "f"), keyOwnedBy(r, "node-2", "f")
+	client := kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL())
+	req := connect.NewRequest(&kvv1.BatchRequest{Operations: []*kvv1.Operation{
+		{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: mine, Value: []byte("v")}}},
+		{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: theirs, Value: []byte("v")}}},
+	}})
+	req.Header().Set(coord.ForwardedHeader, "node-2")
+	resp, err := client.Batch(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.Msg.GetResults()
+	if got[0].GetPut().GetRevision() == 0 {
+		t.Errorf("#0: the owned key was not written: %v", got[0])
+	}
+	if e := got[1].GetError(); e.GetCode() != "unavailable" || !strings.Contains(e.GetMessage(), "node-2 owns") {
+		t.Errorf("#1: got %v, want unavailable naming the owner", got[1])
+	}
+	// The refused key was written nowhere.
+	get, err := client.Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: theirs}))
+	if err != nil || get.Msg.GetFound() {
+		t.Errorf("the refused key: got %v, %v, want not found", get, err)
+	}
 }

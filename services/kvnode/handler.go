@@ -68,8 +68,8 @@ func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]
 		}
 		return connect.NewResponse(resp.Msg), nil
 	}
-	if err := h.dur.Reserve(ctx); err != nil {
-		return nil, refusedError(err)
+	if err := h.reserve(ctx); err != nil {
+		return nil, err
 	}
 	resp, err := h.put(req.Msg)
 	if err != nil {
@@ -92,8 +92,8 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 		}
 		return connect.NewResponse(resp.Msg), nil
 	}
-	if err := h.dur.Reserve(ctx); err != nil {
-		return nil, refusedError(err)
+	if err := h.reserve(ctx); err != nil {
+		return nil, err
 	}
 	resp, err := h.delete(req.Msg)
 	if err != nil {
@@ -106,7 +106,9 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 }
 
 // Batch runs the operations in order and waits once, for the last write, so
-// a batch costs one durability wait however many writes it holds.
+// a batch costs one durability wait however many writes it holds. Each
+// operation fails alone; the call fails only if the outcome of a write
+// cannot be known.
 func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequest]) (*connect.Response[kvv1.BatchResponse], error) {
 	ops := req.Msg.GetOperations()
 	if c := h.router.coordinating(req.Header()); c != nil {
@@ -116,14 +118,20 @@ func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequ
 		}
 		return connect.NewResponse(&kvv1.BatchResponse{Results: results}), nil
 	}
-	for _, op := range ops {
-		if err := h.reserveFor(ctx, op); err != nil {
-			return nil, refusedError(err)
-		}
-	}
 	results := make([]*kvv1.OperationResult, len(ops))
 	var last int64
 	for i, op := range ops {
+		// A batch forwarded by a peer holds only keys that peer's ring
+		// places here; one this node's ring places elsewhere is refused,
+		// not applied to the wrong store.
+		if _, err := h.router.target(req.Header(), coord.OperationKey(op)); err != nil {
+			results[i] = errorResult(err)
+			continue
+		}
+		if err := h.reserveFor(ctx, op); err != nil {
+			results[i] = errorResult(err)
+			continue
+		}
 		var rev int64
 		results[i], rev = h.apply(op)
 		last = max(last, rev)
@@ -164,9 +172,14 @@ func (h *handler) scanLocal(msg *kvv1.ScanRequest, limit int) (*kvv1.ScanRespons
 		return nil, storeError(err)
 	}
 	now := h.now()
-	items := make([]*kvv1.KeyValue, len(res.Entries))
-	for i, e := range res.Entries {
-		items[i] = keyValue(e, now, msg.GetKeysOnly())
+	items := make([]*kvv1.KeyValue, 0, len(res.Entries))
+	for _, e := range res.Entries {
+		// Keys this node holds but no longer owns (left behind when a
+		// member joined) are not its to answer for; the cursor still
+		// reports how far it scanned (coord.MergeScan relies on both).
+		if h.router.owns(e.Key) {
+			items = append(items, keyValue(e, now, msg.GetKeysOnly()))
+		}
 	}
 	return &kvv1.ScanResponse{Items: items, NextCursor: res.NextCursor}, nil
 }
@@ -225,9 +238,6 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 			client, err := h.router.target(stream.RequestHeader(), coord.OperationKey(op))
 			if err == nil && client == nil {
 				err = h.reserveFor(ctx, op)
-				if err != nil {
-					err = refusedError(err)
-				}
 			}
 			switch {
 			case err != nil:
@@ -255,12 +265,25 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 	return recvErr
 }
 
-// reserveFor waits for room in the log before a write; reads need none.
+// reserveFor prepares for op like reserve when it is a write; reads need
+// nothing.
 func (h *handler) reserveFor(ctx context.Context, op *kvv1.Operation) error {
 	if op.GetGet() != nil {
 		return nil
 	}
-	return h.dur.Reserve(ctx)
+	return h.reserve(ctx)
+}
+
+// reserve prepares this node to apply a write: the cluster records that it
+// holds data, and the log makes room. The error is the call's answer.
+func (h *handler) reserve(ctx context.Context) error {
+	if err := h.router.beforeWrite(ctx); err != nil {
+		return err
+	}
+	if err := h.dur.Reserve(ctx); err != nil {
+		return refusedError(err)
+	}
+	return nil
 }
 
 // apply validates and runs one Batch or Pipeline operation. Failures become

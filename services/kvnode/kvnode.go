@@ -39,6 +39,11 @@ const (
 	DefaultDataDir         = "./flux-data"
 	DefaultMaxValueBytes   = 1 << 20
 	DefaultShutdownTimeout = 10 * time.Second
+	DefaultJoinTimeout     = 30 * time.Second
+
+	// deregisterTimeout bounds revoking the node's lease at shutdown; when
+	// etcd does not answer, the lease expires after its TTL instead.
+	deregisterTimeout = 2 * time.Second
 
 	DefaultRewriteMinBytes      = 64 << 20
 	DefaultRewriteGrowthPercent = 100
@@ -214,6 +219,8 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	serviceDesc := kvv1.File_flux_kv_v1_kv_proto.Services().ByName("KVService")
 	validation := newRequestValidation(validator, kvv1connect.KVServicePipelineProcedure)
 	n.health = grpchealth.NewStaticChecker(kvv1connect.KVServiceName)
+	// Not serving until Start has joined the cluster.
+	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
 
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
@@ -238,30 +245,34 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	return h, nil
 }
 
-// Start serves both listeners in the background and, when etcd endpoints are
-// configured, joins the cluster: it records the node as a member, registers
-// it as live and starts routing keys by the ring. It fails if joining does
-// not succeed within ctx; errors that stop a listener later are reported by
-// Wait.
+// Start serves the admin port and, when etcd endpoints are configured,
+// joins the cluster: it records the node as a member, starts routing keys
+// by the ring and registers the node as live. Only then does the API port
+// serve, so no request is answered by a node that does not yet know where
+// keys belong (connections made meanwhile wait in the listen backlog).
+// Joining fails if it does not succeed within ctx, or within
+// DefaultJoinTimeout when ctx has no deadline. Errors that stop a listener
+// later are reported by Wait.
 func (n *Node) Start(ctx context.Context) error {
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()
 	}
-	for _, srv := range []*rpcserver.Server{n.api, n.admin} {
-		go func() {
-			if err := srv.Serve(); err != nil {
-				n.errc <- err
-			}
-		}()
-	}
+	n.serve(n.admin)
 	if len(n.cfg.Etcd) > 0 {
-		c, err := join(ctx, n.cfg, n.api.Addr().String(), n.admin.Addr().String())
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, DefaultJoinTimeout)
+			defer cancel()
+		}
+		c, err := join(ctx, n.cfg, n.api.Addr().String(), n.admin.Addr().String(), n.store.Len() > 0)
 		if err != nil {
 			return fmt.Errorf("join cluster: %w", err)
 		}
 		n.router.join(c)
 	}
+	n.serve(n.api)
+	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusServing)
 	n.cfg.Logger.Info("node serving",
 		slog.String("node_id", n.cfg.NodeID),
 		slog.String("listen", n.api.Addr().String()),
@@ -270,6 +281,14 @@ func (n *Node) Start(ctx context.Context) error {
 		slog.Bool("clustered", len(n.cfg.Etcd) > 0),
 	)
 	return nil
+}
+
+func (n *Node) serve(srv *rpcserver.Server) {
+	go func() {
+		if err := srv.Serve(); err != nil {
+			n.errc <- err
+		}
+	}()
 }
 
 // APIURL is the base URL of the API port.
@@ -301,12 +320,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
 		defer cancel()
 		var errs []error
-		// Leave first, so peers and SDKs stop sending requests here.
-		if err := n.router.leave(); err != nil {
+		// Deregister first, so peers, gateways and SDKs stop sending requests
+		// here, but keep routing while calls drain: a call in flight for a
+		// key another node owns still reaches it.
+		dctx, dcancel := context.WithTimeout(ctx, deregisterTimeout)
+		if err := n.router.deregister(dctx); err != nil {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
 		}
+		dcancel()
 		if err := n.api.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
+		}
+		if err := n.router.leave(); err != nil {
+			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
 		}
 		// The admin port goes last so /healthz and /metrics stay readable while
 		// calls drain.

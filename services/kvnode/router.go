@@ -26,11 +26,38 @@ type router struct {
 
 func (r *router) join(c *cluster) { r.cluster.Store(c) }
 
-func (r *router) leave() error {
-	if c := r.cluster.Swap(nil); c != nil {
-		return c.leave()
+// deregister makes the node not live in etcd while it keeps routing: calls
+// in flight, and those that arrive before everyone has noticed, still reach
+// their owners.
+func (r *router) deregister(ctx context.Context) error {
+	if c := r.cluster.Load(); c != nil {
+		return c.deregister(ctx)
 	}
 	return nil
+}
+
+// leave stops routing; call it once the API has drained.
+func (r *router) leave() error {
+	if c := r.cluster.Swap(nil); c != nil {
+		return c.close()
+	}
+	return nil
+}
+
+// beforeWrite is called before the node applies a write to its own store:
+// a clustered node makes sure etcd records that the cluster holds data.
+func (r *router) beforeWrite(ctx context.Context) error {
+	if c := r.cluster.Load(); c != nil {
+		return c.markData(ctx)
+	}
+	return nil
+}
+
+// owns reports whether a clustered node owns key; a standalone node owns
+// every key.
+func (r *router) owns(key string) bool {
+	c := r.cluster.Load()
+	return c == nil || c.ring().Owner(key) == r.self
 }
 
 // coordinating returns the cluster when this node must route the request:
@@ -57,7 +84,8 @@ func (r *router) target(h http.Header, key string) (kvv1connect.KVServiceClient,
 	case owner == r.self:
 		return nil, nil
 	case h.Get(forwardedHeader) != "":
-		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s was sent a key that node %s owns by its ring: membership is changing, retry", r.self, owner))
+		return nil, coord.NotExecuted(coord.ReasonNotOwner, r.self,
+			fmt.Errorf("node %s was sent a key that node %s owns by its ring: membership is changing, retry", r.self, owner))
 	default:
 		return client, err
 	}
@@ -186,19 +214,28 @@ func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.O
 		})
 	}
 	var last int64
+	applied := make([]bool, len(ops))
 	for _, i := range local {
 		if err := h.reserveFor(ctx, ops[i]); err != nil {
-			results[i] = errorResult(refusedError(err))
+			results[i] = errorResult(err)
 			continue
 		}
 		var rev int64
 		results[i], rev = h.apply(ops[i])
+		applied[i] = rev > 0
 		last = max(last, rev)
 	}
 	waitErr := h.dur.Wait(ctx, last)
 	wg.Wait()
 	if waitErr != nil {
-		return nil, unconfirmedError(waitErr)
+		// Only this node's writes are in doubt: the other owners answered
+		// for theirs, and some of them may have applied them.
+		uerr := unconfirmedError(waitErr)
+		for i := range ops {
+			if applied[i] {
+				results[i] = errorResult(uerr)
+			}
+		}
 	}
 	return results, nil
 }
@@ -208,7 +245,7 @@ func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.O
 // that is down makes the scan fail: a page with some nodes' keys silently
 // missing would be wrong.
 func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.ScanRequest, limit int) (*kvv1.ScanResponse, error) {
-	members := c.ring.Load().Members()
+	members := c.ring().Members()
 	pages := make([]*kvv1.ScanResponse, len(members))
 	errs := make([]error, len(members))
 	var wg sync.WaitGroup
@@ -219,7 +256,7 @@ func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.Scan
 		}
 		client, err := c.peer(id)
 		if err != nil {
-			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("scan needs every node, and node %s is not live", id))
+			return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, fmt.Errorf("scan needs every node, and node %s is not live", id))
 		}
 		wg.Go(func() {
 			resp, err := client.Scan(ctx, forward(h.router.self, msg))
@@ -236,5 +273,9 @@ func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.Scan
 			return nil, errs[i]
 		}
 	}
-	return coord.MergeScan(pages, limit), nil
+	resp, err := coord.MergeScan(pages, limit)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	return resp, nil
 }

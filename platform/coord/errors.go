@@ -1,0 +1,74 @@
+package coord
+
+import (
+	"errors"
+	"net"
+
+	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+)
+
+// ErrorDomain is the domain of the google.rpc.ErrorInfo details Flux-KV
+// attaches to routing errors.
+const ErrorDomain = "fluxkv.dev"
+
+// Reasons a node refuses a request before running it. Each travels as the
+// reason of an ErrorInfo detail, so a client knows the request had no
+// effect and may safely send it again, even a write.
+const (
+	// ReasonNotOwner: a forwarded request reached a node whose ring says
+	// another node owns the key (membership is changing).
+	ReasonNotOwner = "NOT_OWNER"
+	// ReasonOwnerNotLive: the key's owner is a member that is not live.
+	ReasonOwnerNotLive = "OWNER_NOT_LIVE"
+	// ReasonOwnerUnreachable: the key's owner is live in etcd but the
+	// connection to it could not be opened.
+	ReasonOwnerUnreachable = "OWNER_UNREACHABLE"
+	// ReasonNotReady: the node has not joined its cluster yet, or is
+	// leaving it.
+	ReasonNotReady = "NOT_READY"
+)
+
+// NotExecuted returns an Unavailable error carrying an ErrorInfo with reason
+// and the node's id in its metadata.
+func NotExecuted(reason, node string, err error) *connect.Error {
+	cerr := connect.NewError(connect.CodeUnavailable, err)
+	if d, derr := connect.NewErrorDetail(&errdetails.ErrorInfo{
+		Reason: reason, Domain: ErrorDomain, Metadata: map[string]string{"node_id": node},
+	}); derr == nil {
+		cerr.AddDetail(d)
+	}
+	return cerr
+}
+
+// WasNotExecuted reports whether err proves that the request it answers had
+// no effect anywhere: a node refused it with one of the reasons above, or
+// the connection to the node could not even be opened. A client may retry
+// such a request, writes included; after any other error a write may or may
+// not have been applied.
+func WasNotExecuted(err error) bool {
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		return false
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) && opErr.Op == "dial" {
+		return true
+	}
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		return false
+	}
+	for _, d := range cerr.Details() {
+		v, derr := d.Value()
+		if derr != nil {
+			continue
+		}
+		if info, ok := v.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			switch info.GetReason() {
+			case ReasonNotOwner, ReasonOwnerNotLive, ReasonOwnerUnreachable, ReasonNotReady:
+				return true
+			}
+		}
+	}
+	return false
+}
