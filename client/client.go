@@ -8,6 +8,29 @@
 // Every method takes a context; deadlines travel with the request. Errors
 // are *connect.Error values with the server's code, message and details
 // (for example a ConditionFailure on a failed conditional write).
+//
+// # Retries
+//
+// A write is retried only when the cluster proves it did not run. Put,
+// Delete and a Batch holding a put or a delete are sent again only after an
+// error for which coord.WasNotExecuted is true: the connection to the node
+// could not be opened, or a node refused the request before running it
+// (not the owner, owner not live, owner unreachable, not ready). After any
+// other error, Unavailable included, the write may or may not have been
+// applied; the error is returned as is and the caller decides, for example
+// by reading the key back or by writing with a condition (IfAbsent,
+// IfRevision) so that running it twice is harmless.
+//
+// Reads (Get, Scan, a Batch of gets only) are also sent again after any
+// other Unavailable error.
+//
+// With WithEtcd a request is sent again at most once, and only on a newer
+// view of the cluster: retrying on the same view would fail the same way.
+// When a node answers that it is not the owner or that the owner is not
+// live, the client's view is behind the cluster's, so the client waits for
+// its view to change, up to one second and never past the context's
+// deadline, before it gives up. With WithEndpoints a request is sent to
+// each endpoint at most once, in order.
 package client
 
 import (
@@ -22,6 +45,7 @@ import (
 
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
@@ -35,16 +59,32 @@ import (
 type Client struct {
 	cfg     config
 	http    *http.Client
-	etcd    *clientv3.Client   // nil in static mode
-	watcher *discovery.Watcher // nil in static mode
-	ring    atomic.Pointer[ring.Ring]
+	etcd    *clientv3.Client     // nil in static mode
+	watcher *discovery.Watcher   // nil in static mode
+	view    atomic.Pointer[view] // nil in static mode
 
 	mu    sync.Mutex
 	nodes map[string]kvv1connect.KVServiceClient // by base URL
 
-	next  atomic.Uint64 // round-robin over static endpoints
-	stopc chan struct{}
-	donec chan struct{}
+	// start is the static endpoint that calls try first. Each call walks
+	// the endpoints from it with its own index, so that concurrent failures
+	// cannot make a call skip one; a failing endpoint moves start on by a
+	// compare-and-swap, so that calls failing together move it only once.
+	start atomic.Uint64
+
+	closeOnce sync.Once
+	closeErr  error // what every Close returns
+	stopc     chan struct{}
+	donec     chan struct{}
+}
+
+// view is what the client routes by in etcd mode: a snapshot and the ring
+// over its members, published together so that a request is never routed
+// by the ring of one revision and the addresses of another.
+type view struct {
+	snap    *discovery.Snapshot
+	ring    *ring.Ring
+	changed chan struct{} // closed when a newer view is published
 }
 
 // Option configures New.
@@ -61,7 +101,8 @@ type config struct {
 func WithEtcd(endpoints ...string) Option { return func(c *config) { c.etcd = endpoints } }
 
 // WithEndpoints sends every request to these base URLs (a gateway or
-// nodes), trying the next one when one is unreachable.
+// nodes), trying the next one when one is unavailable (see Retries in the
+// package documentation for when a write is sent again).
 func WithEndpoints(urls ...string) Option { return func(c *config) { c.endpoints = urls } }
 
 // WithClientOptions adds connect client options (the default is the gRPC
@@ -71,7 +112,8 @@ func WithClientOptions(opts ...connect.ClientOption) Option {
 }
 
 // New connects to the cluster. With WithEtcd it loads the membership
-// before returning, and fails if etcd does not answer within ctx.
+// before returning, and fails if etcd does not answer within ctx; ctx only
+// bounds that first load, not the client's life.
 func New(ctx context.Context, opts ...Option) (*Client, error) {
 	var cfg config
 	for _, opt := range opts {
@@ -94,7 +136,10 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		close(c.donec)
 		return c, nil
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Context: ctx})
+	// No Context in the config: the etcd client's context is its lifetime,
+	// and a caller's ctx that ends after New would stop discovery. The
+	// library must not write etcd's logs to the application's stderr.
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("flux client: connect to etcd: %w", err)
 	}
@@ -105,7 +150,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("flux client: %w", err)
 	}
 	snap, changed := c.watcher.Current()
-	if err := c.rebuild(snap); err != nil {
+	if err := c.publish(snap); err != nil {
 		c.watcher.Close()
 		etcd.Close()
 		return nil, err
@@ -114,24 +159,23 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Close releases the client's connections.
+// Close releases the client's connections. Calls still waiting for the
+// cluster's view to change give up. It is safe to call more than once, also
+// concurrently; every call returns the first one's result.
 func (c *Client) Close() error {
-	select {
-	case <-c.stopc:
-		return nil
-	default:
-	}
-	close(c.stopc)
-	<-c.donec
-	c.http.CloseIdleConnections()
-	if c.etcd != nil {
-		c.watcher.Close()
-		return c.etcd.Close()
-	}
-	return nil
+	c.closeOnce.Do(func() {
+		close(c.stopc)
+		<-c.donec
+		c.http.CloseIdleConnections()
+		if c.etcd != nil {
+			c.watcher.Close()
+			c.closeErr = c.etcd.Close()
+		}
+	})
+	return c.closeErr
 }
 
-// follow rebuilds the ring whenever the cluster changes.
+// follow publishes a new view whenever the cluster changes.
 func (c *Client) follow(changed <-chan struct{}) {
 	defer close(c.donec)
 	for {
@@ -142,16 +186,34 @@ func (c *Client) follow(changed <-chan struct{}) {
 		}
 		var snap *discovery.Snapshot
 		snap, changed = c.watcher.Current()
-		_ = c.rebuild(snap)
+		_ = c.publish(snap)
 	}
 }
 
-func (c *Client) rebuild(snap *discovery.Snapshot) error {
-	r, err := ring.New(snap.MemberIDs())
-	if err != nil {
-		return fmt.Errorf("flux client: %w", err)
+// publish makes snap the view to route by. Most changes are instances
+// coming and going, so the ring, which costs a sort of every virtual node,
+// is rebuilt only when the members differ. If it cannot be built, the old
+// ring stays. Only New and then follow call it, so views are published in
+// order.
+func (c *Client) publish(snap *discovery.Snapshot) error {
+	old := c.view.Load()
+	ids := snap.MemberIDs()
+	var r *ring.Ring
+	if old != nil && slices.Equal(ids, old.ring.Members()) {
+		r = old.ring
+	} else {
+		var err error
+		if r, err = ring.New(ids); err != nil {
+			if old == nil {
+				return fmt.Errorf("flux client: %w", err)
+			}
+			r = old.ring
+		}
 	}
-	c.ring.Store(r)
+	c.view.Store(&view{snap: snap, ring: r, changed: make(chan struct{})})
+	if old != nil {
+		close(old.changed)
+	}
 	return nil
 }
 
@@ -166,74 +228,37 @@ func (c *Client) node(url string) kvv1connect.KVServiceClient {
 	return n
 }
 
-// owner returns the node to send key to, and its id ("" in static mode).
-// A member that is not live fails fast with Unavailable naming it.
-func (c *Client) owner(key string) (kvv1connect.KVServiceClient, string, error) {
-	node, id, _, err := c.ownerURL(key)
+// errNoMembers fails requests in etcd mode while the cluster has no
+// members: there is no node to send them to, and an empty answer would be
+// a lie.
+func errNoMembers() error {
+	return connect.NewError(connect.CodeUnavailable, errors.New("the cluster has no members"))
+}
+
+// owner returns the node that owns key in v, and its id. A member that is
+// not live fails fast with Unavailable naming it.
+func (c *Client) owner(v *view, key string) (kvv1connect.KVServiceClient, string, error) {
+	id := v.ring.Owner(key)
+	if id == "" {
+		return nil, "", errNoMembers()
+	}
+	node, err := c.member(v, id, "which owns this key")
 	return node, id, err
 }
 
-func (c *Client) ownerURL(key string) (kvv1connect.KVServiceClient, string, string, error) {
-	if c.watcher == nil {
-		eps := c.cfg.endpoints
-		url := eps[int(c.next.Load()%uint64(len(eps)))]
-		return c.node(url), "", url, nil
-	}
-	id := c.ring.Load().Owner(key)
-	if id == "" {
-		return nil, "", "", connect.NewError(connect.CodeUnavailable, errors.New("the cluster has no members"))
-	}
-	return c.member(id)
-}
-
-// member returns a client for a live member.
-func (c *Client) member(id string) (kvv1connect.KVServiceClient, string, string, error) {
-	inst, ok := c.watcher.Snapshot().Instances[kvv1connect.KVServiceName][id]
+// member returns a client for member id, or Unavailable if it is not live
+// in v; why says what the member is needed for.
+func (c *Client) member(v *view, id, why string) (kvv1connect.KVServiceClient, error) {
+	inst, ok := v.snap.Instances[kvv1connect.KVServiceName][id]
 	if !ok {
-		return nil, id, "", connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, which owns this key, is not live", id))
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, %s, is not live", id, why))
 	}
-	url := "http://" + inst.Address
-	return c.node(url), id, url, nil
+	return c.node("http://" + inst.Address), nil
 }
 
-// call runs fn on the key's owner. In etcd mode, if the owner cannot be
-// reached and the cluster's view has since changed (the owner restarted
-// elsewhere, or the membership changed), it retries once on the new owner.
-// In static mode an unreachable endpoint makes it try the next one, once
-// around.
-func call[T any](ctx context.Context, c *Client, key string, fn func(kvv1connect.KVServiceClient) (T, error)) (T, error) {
-	var zero T
-	tries := 2
-	if c.watcher == nil {
-		tries = len(c.cfg.endpoints)
-	}
-	var (
-		err     error
-		lastURL string
-	)
-	for attempt := range tries {
-		node, _, url, oerr := c.ownerURL(key)
-		if oerr != nil {
-			return zero, oerr
-		}
-		if attempt > 0 && c.watcher != nil && url == lastURL {
-			return zero, err // nothing changed: retrying would fail the same way
-		}
-		lastURL = url
-		var out T
-		if out, err = fn(node); err == nil || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
-			return out, err
-		}
-		if c.watcher == nil {
-			c.next.Add(1)
-		}
-	}
-	return zero, err
-}
-
-// Get reads a key.
+// Get reads a key. It is a read: see Retries in the package documentation.
 func (c *Client) Get(ctx context.Context, key string) (*kvv1.GetResponse, error) {
-	return call(ctx, c, key, func(n kvv1connect.KVServiceClient) (*kvv1.GetResponse, error) {
+	return call(ctx, c, key, false, func(n kvv1connect.KVServiceClient) (*kvv1.GetResponse, error) {
 		resp, err := n.Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
 		if err != nil {
 			return nil, err
@@ -242,9 +267,12 @@ func (c *Client) Get(ctx context.Context, key string) (*kvv1.GetResponse, error)
 	})
 }
 
-// Put writes a key; req carries the value, TTL and condition.
+// Put writes a key; req carries the value, TTL and condition. It is sent
+// again only when the cluster proves the first attempt did not run (see
+// Retries in the package documentation); after any other error the write
+// may or may not have been applied.
 func (c *Client) Put(ctx context.Context, req *kvv1.PutRequest) (*kvv1.PutResponse, error) {
-	return call(ctx, c, req.GetKey(), func(n kvv1connect.KVServiceClient) (*kvv1.PutResponse, error) {
+	return call(ctx, c, req.GetKey(), true, func(n kvv1connect.KVServiceClient) (*kvv1.PutResponse, error) {
 		resp, err := n.Put(ctx, connect.NewRequest(req))
 		if err != nil {
 			return nil, err
@@ -253,9 +281,10 @@ func (c *Client) Put(ctx context.Context, req *kvv1.PutRequest) (*kvv1.PutRespon
 	})
 }
 
-// Delete removes a key.
+// Delete removes a key. Like Put, it is sent again only when the cluster
+// proves the first attempt did not run.
 func (c *Client) Delete(ctx context.Context, req *kvv1.DeleteRequest) (*kvv1.DeleteResponse, error) {
-	return call(ctx, c, req.GetKey(), func(n kvv1connect.KVServiceClient) (*kvv1.DeleteResponse, error) {
+	return call(ctx, c, req.GetKey(), true, func(n kvv1connect.KVServiceClient) (*kvv1.DeleteResponse, error) {
 		resp, err := n.Delete(ctx, connect.NewRequest(req))
 		if err != nil {
 			return nil, err
@@ -266,11 +295,13 @@ func (c *Client) Delete(ctx context.Context, req *kvv1.DeleteRequest) (*kvv1.Del
 
 // Scan lists keys by prefix, one page per call. In etcd mode it asks every
 // member for its keys after the cursor, in parallel, and merges them in key
-// order; the page's cursor works on every node. A member that is down fails
-// the scan rather than leave its keys silently out.
+// order; the page's cursor works on every node. A member that is down, or
+// a cluster with no members, fails the scan with Unavailable rather than
+// leave keys silently out. It is a read: see Retries in the package
+// documentation.
 func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanResponse, error) {
 	if c.watcher == nil {
-		return call(ctx, c, "", func(n kvv1connect.KVServiceClient) (*kvv1.ScanResponse, error) {
+		return call(ctx, c, "", false, func(n kvv1connect.KVServiceClient) (*kvv1.ScanResponse, error) {
 			resp, err := n.Scan(ctx, connect.NewRequest(req))
 			if err != nil {
 				return nil, err
@@ -278,15 +309,43 @@ func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanRes
 			return resp.Msg, nil
 		})
 	}
-	members := c.ring.Load().Members()
-	pages := make([]*kvv1.ScanResponse, len(members))
-	errs := make([]error, len(members))
-	var wg sync.WaitGroup
-	for i, id := range members {
-		node, _, _, err := c.member(id)
+	for attempt := 0; ; attempt++ {
+		v := c.view.Load()
+		nodes, err := c.scanNodes(v)
 		if err != nil {
-			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("scan needs every node, and node %s is not live", id))
+			return nil, err
 		}
+		page, err := scan(ctx, nodes, req)
+		if err == nil || attempt > 0 || !c.mayRetry(ctx, v, err, false) {
+			return page, err
+		}
+	}
+}
+
+// scanNodes returns a client for every member of v, which a scan needs.
+func (c *Client) scanNodes(v *view) ([]kvv1connect.KVServiceClient, error) {
+	members := v.ring.Members()
+	if len(members) == 0 {
+		return nil, errNoMembers()
+	}
+	nodes := make([]kvv1connect.KVServiceClient, len(members))
+	for i, id := range members {
+		node, err := c.member(v, id, "which a scan needs")
+		if err != nil {
+			return nil, err
+		}
+		nodes[i] = node
+	}
+	return nodes, nil
+}
+
+// scan sends req to every node in parallel and merges their pages; it
+// fails with the first node's error, in member order.
+func scan(ctx context.Context, nodes []kvv1connect.KVServiceClient, req *kvv1.ScanRequest) (*kvv1.ScanResponse, error) {
+	pages := make([]*kvv1.ScanResponse, len(nodes))
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, node := range nodes {
 		wg.Go(func() {
 			r := connect.NewRequest(req)
 			r.Header().Set(coord.ForwardedHeader, "sdk")
@@ -299,14 +358,20 @@ func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanRes
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, errs[slices.IndexFunc(errs, func(e error) bool { return e != nil })]
+	if i := slices.IndexFunc(errs, func(e error) bool { return e != nil }); i >= 0 {
+		return nil, errs[i]
 	}
 	limit := int(req.GetLimit())
 	if limit == 0 {
 		limit = defaultScanLimit
 	}
-	return coord.MergeScan(pages, limit), nil
+	page, err := coord.MergeScan(pages, limit)
+	if err != nil {
+		// The package promises *connect.Error values; a node that answers
+		// a cursor the merge cannot read is broken, not unavailable.
+		return nil, connect.NewError(connect.CodeInternal, err)
+	}
+	return page, nil
 }
 
 // defaultScanLimit is the page size of a Scan that asks for limit 0, as on
@@ -315,10 +380,14 @@ const defaultScanLimit = 100
 
 // Batch runs operations and returns one result per operation, in order. In
 // etcd mode it sends each owner its operations in one call, all owners in
-// parallel; operations whose owner is down fail alone.
+// parallel; operations whose owner is down fail alone, and a cluster with
+// no members fails the whole batch with Unavailable. A batch holding a put
+// or a delete is a write, and a batch of gets a read: see Retries in the
+// package documentation. In etcd mode the rule applies to each owner's
+// call.
 func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.OperationResult, error) {
 	if c.watcher == nil {
-		return call(ctx, c, "", func(n kvv1connect.KVServiceClient) ([]*kvv1.OperationResult, error) {
+		return call(ctx, c, "", writes(ops), func(n kvv1connect.KVServiceClient) ([]*kvv1.OperationResult, error) {
 			resp, err := n.Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: ops}))
 			if err != nil {
 				return nil, err
@@ -326,11 +395,26 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 			return resp.Msg.GetResults(), nil
 		})
 	}
+	v := c.view.Load()
+	if v.ring.Len() == 0 {
+		return nil, errNoMembers()
+	}
 	results := make([]*kvv1.OperationResult, len(ops))
+	if again := c.batch(ctx, v, ops, seq(len(ops)), results, true); len(again) > 0 {
+		c.batch(ctx, c.view.Load(), ops, again, results, false)
+	}
+	return results, nil
+}
+
+// batch sends the operations at idx (ascending) to their owners in v, one
+// call per owner, all owners in parallel, and fills in their results. If
+// retry is set, the operations of calls that failed but may be sent again
+// (mayRetry) are left without results and returned, ascending.
+func (c *Client) batch(ctx context.Context, v *view, ops []*kvv1.Operation, idx []int, results []*kvv1.OperationResult, retry bool) []int {
 	groups := map[string][]int{}
 	nodes := map[string]kvv1connect.KVServiceClient{}
-	for i, op := range ops {
-		node, id, err := c.owner(coord.OperationKey(op))
+	for _, i := range idx {
+		node, id, err := c.owner(v, coord.OperationKey(ops[i]))
 		if err != nil {
 			results[i] = errorResult(err)
 			continue
@@ -338,15 +422,25 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 		groups[id] = append(groups[id], i)
 		nodes[id] = node
 	}
-	var wg sync.WaitGroup
-	for id, idx := range groups {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		again []int
+	)
+	for id, group := range groups {
 		wg.Go(func() {
-			sub := make([]*kvv1.Operation, len(idx))
-			for j, i := range idx {
+			sub := make([]*kvv1.Operation, len(group))
+			for j, i := range group {
 				sub[j] = ops[i]
 			}
 			resp, err := nodes[id].Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: sub}))
-			for j, i := range idx {
+			if err != nil && retry && c.mayRetry(ctx, v, err, writes(sub)) {
+				mu.Lock()
+				again = append(again, group...)
+				mu.Unlock()
+				return
+			}
+			for j, i := range group {
 				if err != nil || j >= len(resp.Msg.GetResults()) {
 					if err == nil {
 						err = connect.NewError(connect.CodeInternal, fmt.Errorf("node %s answered too few results", id))
@@ -359,7 +453,25 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 		})
 	}
 	wg.Wait()
-	return results, nil
+	// Operations run in request order on each owner, so the retry must
+	// send them in that order too, whatever owners they now have.
+	slices.Sort(again)
+	return again
+}
+
+// writes reports whether ops holds anything but gets; an operation with
+// nothing set counts as a write, so that it is never sent twice.
+func writes(ops []*kvv1.Operation) bool {
+	return slices.ContainsFunc(ops, func(op *kvv1.Operation) bool { return op.GetGet() == nil })
+}
+
+// seq returns 0, 1, ..., n-1.
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
 }
 
 func errorResult(err error) *kvv1.OperationResult {
