@@ -47,6 +47,7 @@ func commands() []*command {
 		scanCommand(),
 		healthCommand(),
 		clusterCommand(),
+		cdcCommand(),
 		aofCommand(),
 		versionCommand(),
 	}

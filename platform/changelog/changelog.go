@@ -83,9 +83,6 @@ var (
 	ErrStalled = errors.New("append-only file is stalled: the disk is not keeping up")
 	// ErrClosed is returned after Close.
 	ErrClosed = errors.New("append-only file is closed")
-	// ErrRewriteDeferred is returned by Rewrite when a reader (the CDC relay)
-	// still needs records that a rewrite would drop.
-	ErrRewriteDeferred = errors.New("rewrite deferred: a reader still needs the records it would drop")
 )
 
 // ReplayStats describes what Replay found.
@@ -128,6 +125,7 @@ type Log struct {
 	ev       cdcv1.ChangeEvent
 	commitTS timestamppb.Timestamp
 	expireTS timestamppb.Timestamp
+	tail     *Tail // recent events, for readers
 
 	kickc    chan struct{}
 	rotatec  chan chan rotation
@@ -163,6 +161,7 @@ func Open(dir, nodeID string, opts ...Option) (_ *Log, err error) {
 		rotatec:  make(chan chan rotation),
 		rewritec: make(chan chan error),
 		stopc:    make(chan struct{}),
+		tail:     newTail(nodeID, cfg.tailEvents, cfg.tailBytes),
 	}
 	if l.m, err = newMetrics(cfg.registerer); err != nil {
 		return nil, err
@@ -206,7 +205,7 @@ func (l *Log) removeStrays() error {
 		return fmt.Errorf("list log dir: %w", err)
 	}
 	keep := map[string]bool{manifestName: true}
-	for _, f := range l.man.files() {
+	for _, f := range l.man.allFiles() {
 		keep[f] = true
 	}
 	removed := false
@@ -306,6 +305,9 @@ func (l *Log) Replay(t Target) (ReplayStats, error) {
 	l.file = f
 	l.written.Store(stats.Revision)
 	l.synced.Store(stats.Revision)
+	l.tail.mu.Lock()
+	l.tail.last, l.tail.durable = stats.Revision, stats.Revision
+	l.tail.mu.Unlock()
 	l.lastBase = l.total
 	stats.Duration = time.Since(start)
 	l.m.replayed.Set(float64(stats.Records))
@@ -384,6 +386,7 @@ func (l *Log) Append(c store.Change) {
 		l.progress = time.Now()
 	}
 	l.fillEvent(c)
+	start := len(l.buf)
 	buf, err := appendFrame(l.buf, func(b []byte) ([]byte, error) {
 		return proto.MarshalOptions{}.MarshalAppend(b, &l.ev)
 	})
@@ -391,6 +394,11 @@ func (l *Log) Append(c store.Change) {
 		l.failLocked(fmt.Errorf("encode revision %d: %w", c.Revision, err))
 		return
 	}
+	// The tail gets its own copy: the buffer is reused once written.
+	l.tail.push(Event{
+		Revision: c.Revision, Op: l.ev.Op, Key: c.Key, Time: c.CommitTime,
+		Data: append([]byte(nil), buf[start+frameSize:]...),
+	})
 	l.buf, l.bufLast = buf, c.Revision
 	l.buffered.Store(int64(len(buf)))
 	select {
@@ -516,6 +524,7 @@ func (l *Log) failLocked(err error) {
 func (l *Log) broadcastLocked() {
 	close(l.advancec)
 	l.advancec = make(chan struct{})
+	l.tail.advance(l.durable())
 }
 
 // runWriter hands buffered records to the OS, fsyncing under FsyncAlways,
@@ -687,6 +696,7 @@ func (l *Log) Close() error {
 		l.closed = true
 		l.broken.Store(true)
 		l.broadcastLocked()
+		l.tail.Close()
 		err = l.failed
 	})
 	return err

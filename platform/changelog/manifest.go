@@ -32,6 +32,58 @@ type manifest struct {
 	Segments []string `json:"segments"`
 	// Next numbers the next file a rotation or rewrite creates.
 	Next int `json:"next"`
+	// History holds increments that a rewrite replaced but readers (the
+	// CDC relay, Watch streams) had not finished: they are not replayed,
+	// only read for their events, and dropped once every reader is past
+	// them. Oldest first.
+	History []history `json:"history,omitempty"`
+}
+
+// history is a run of replaced increments holding the events of revisions
+// First to Last.
+type history struct {
+	Segments []string `json:"segments"`
+	First    int64    `json:"first"`
+	Last     int64    `json:"last"`
+}
+
+// eventFiles are the segments that hold events, oldest first: the history,
+// then the increments.
+func (m *manifest) eventFiles() []string {
+	var files []string
+	for _, h := range m.History {
+		files = append(files, h.Segments...)
+	}
+	return append(files, m.Segments...)
+}
+
+// oldest is the oldest revision whose event the segments hold.
+func (m *manifest) oldest() int64 {
+	switch {
+	case len(m.History) > 0:
+		return m.History[0].First
+	case m.Base != "":
+		return m.BaseRevision + 1
+	default:
+		return 1
+	}
+}
+
+// oldestAfterBase is the first revision the increments after the base hold.
+func (m *manifest) oldestAfterBase() int64 {
+	if m.Base != "" {
+		return m.BaseRevision + 1
+	}
+	return 1
+}
+
+// allFiles are every segment the manifest names.
+func (m *manifest) allFiles() []string {
+	files := m.files()
+	for _, h := range m.History {
+		files = append(files, h.Segments...)
+	}
+	return files
 }
 
 func (m *manifest) files() []string {
@@ -73,7 +125,7 @@ func readManifest(fsys FS, dir string) (*manifest, error) {
 	if len(m.Segments) == 0 {
 		return nil, fmt.Errorf("%s: lists no segments", join(dir, manifestName))
 	}
-	for _, name := range m.files() {
+	for _, name := range m.allFiles() {
 		if strings.ContainsAny(name, `/\`) || !strings.HasSuffix(name, segmentSuffix) {
 			return nil, fmt.Errorf("%s: bad segment name %q", join(dir, manifestName), name)
 		}

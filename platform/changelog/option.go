@@ -26,6 +26,8 @@ type config struct {
 	rewriteGrowth   int
 	snapshot        func(func(store.Entry) bool)
 	retention       func() int64
+	tailEvents      int
+	tailBytes       int
 	failpoint       func(step string) error
 }
 
@@ -83,7 +85,16 @@ func WithSnapshot(rangeFn func(func(store.Entry) bool)) Option {
 	return func(c *config) { c.snapshot = rangeFn }
 }
 
-// WithRetention tells the log the lowest revision a reader (the CDC relay)
-// still needs from it; 0 means none. A rewrite that would drop such records
-// is deferred until the reader has moved past them.
-func WithRetention(floor func() int64) Option { return func(c *config) { c.retention = floor } }
+// WithRetention tells the log how far a reader that comes and goes (the
+// CDC relay, across restarts) has got: done returns the highest revision
+// it has finished with, and the log keeps every event after it, through
+// rewrites, until done moves past them. Open Readers are kept for without
+// this option.
+func WithRetention(done func() int64) Option { return func(c *config) { c.retention = done } }
+
+// WithEventTail bounds the recent events the log keeps in memory for its
+// readers (defaults DefaultTailEvents and DefaultTailBytes); readers
+// further behind read the segment files.
+func WithEventTail(events, bytes int) Option {
+	return func(c *config) { c.tailEvents, c.tailBytes = events, bytes }
+}

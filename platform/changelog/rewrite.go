@@ -18,9 +18,9 @@ import (
 
 // Rewrite compacts the log now: it writes a base snapshot of the live keys
 // and drops the segments it replaces, while writes go on to a fresh
-// segment. It returns when the rewrite is done, ErrRewriteDeferred if a
-// reader still needs the old records, or ctx's error (the rewrite still
-// finishes in the background).
+// segment. Replaced segments whose events a reader still needs are kept as
+// history until it has read them. It returns when the rewrite is done, or
+// ctx's error (the rewrite still finishes in the background).
 func (l *Log) Rewrite(ctx context.Context) error {
 	reply := make(chan error, 1)
 	select {
@@ -54,14 +54,15 @@ func (l *Log) runRewriter() {
 		case reply := <-l.rewritec:
 			reply <- l.rewrite()
 		case <-tick.C:
+			if err := l.pruneHistory(); err != nil {
+				l.cfg.logger.Warn("could not drop log history", slog.Any("error", err))
+			}
 			if time.Now().Before(notBefore) || !l.due() {
 				continue
 			}
 			switch err := l.rewrite(); {
 			case err == nil:
 				backoff = time.Minute
-			case errors.Is(err, ErrRewriteDeferred):
-				notBefore = time.Now().Add(10 * time.Second)
 			default:
 				l.cfg.logger.Error("automatic rewrite of the append-only file failed; retrying later",
 					slog.Any("error", err), slog.Duration("retry_in", backoff))
@@ -98,18 +99,10 @@ func (l *Log) rewrite() (err error) {
 		case err == nil:
 			l.m.rewrites.WithLabelValues("ok").Inc()
 			l.m.rewriteD.Observe(time.Since(start).Seconds())
-		case errors.Is(err, ErrRewriteDeferred):
-			l.m.rewrites.WithLabelValues("deferred").Inc()
 		default:
 			l.m.rewrites.WithLabelValues("error").Inc()
 		}
 	}()
-
-	if l.cfg.retention != nil {
-		if floor := l.cfg.retention(); floor > 0 && floor <= l.written.Load() {
-			return ErrRewriteDeferred
-		}
-	}
 
 	// 1. New writes go to a fresh segment; everything up to rev is before it.
 	reply := make(chan rotation, 1)
@@ -131,7 +124,6 @@ func (l *Log) rewrite() (err error) {
 	// new segment, which replay applies after the base, so the result is the
 	// same.
 	l.manMu.Lock()
-	old := l.man.files()
 	next := *l.man
 	next.Segments = slices.Clone(l.man.Segments)
 	base := next.newName("base")
@@ -145,10 +137,16 @@ func (l *Log) rewrite() (err error) {
 	}
 
 	// 3. Switch the manifest: the new base plus the segment that began at
-	// rotation.
+	// rotation, and as history the replaced increments readers still need.
 	l.manMu.Lock()
 	active := l.man.active()
+	replaced := slices.DeleteFunc(slices.Clone(l.man.Segments), func(name string) bool { return name == active })
+	hist, drop := l.keepHistory(l.man, replaced, rot.revision)
 	next.Base, next.BaseRevision, next.Segments, next.Next = base, rot.revision, []string{active}, max(next.Next, l.man.Next)
+	next.History = hist
+	if l.man.Base != "" {
+		drop = append(drop, l.man.Base)
+	}
 	if err := writeManifest(l.cfg.fs, l.dir, &next); err != nil {
 		l.manMu.Unlock()
 		return err
@@ -159,19 +157,10 @@ func (l *Log) rewrite() (err error) {
 		return err
 	}
 
-	// 4. Only now may the replaced files go.
+	// 4. Only now may the dropped files go.
 	var removed int64
-	for _, name := range old {
-		if name == active {
-			continue
-		}
-		path := join(l.dir, name)
-		if n, err := l.cfg.fs.Size(path); err == nil {
-			removed += n
-		}
-		if err := l.cfg.fs.Remove(path); err != nil {
-			l.cfg.logger.Warn("could not remove a replaced log segment; the next start removes it", slog.String("file", path), slog.Any("error", err))
-		}
+	for _, name := range drop {
+		removed += l.removeFiles([]string{name})
 		if err := l.cfg.failpoint("rewrite:removed-one"); err != nil {
 			return err
 		}

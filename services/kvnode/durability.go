@@ -88,8 +88,6 @@ func (n *Node) adminHandler(registry prometheus.Gatherer) http.Handler {
 		switch {
 		case err == nil:
 			_, _ = w.Write([]byte("rewritten\n"))
-		case errors.Is(err, changelog.ErrRewriteDeferred):
-			http.Error(w, err.Error(), http.StatusConflict)
 		default:
 			http.Error(w, "rewrite failed: "+err.Error(), http.StatusInternalServerError)
 		}
