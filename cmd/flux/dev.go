@@ -21,6 +21,8 @@ func devCommand() *command {
 		basePort    = 7701
 		adminBase   = 9701
 		appendFsync = "everysec"
+		amqpURL     string
+		cdcQueue    string
 		logLevel    slog.Level
 	)
 	fs.StringVar(&dataDir, "data-dir", dataDir, "`directory` holding etcd's and every node's data; running again recovers it")
@@ -29,6 +31,8 @@ func devCommand() *command {
 	fs.IntVar(&basePort, "base-port", basePort, "API `port` of the first node; the others follow")
 	fs.IntVar(&adminBase, "admin-base-port", adminBase, "admin `port` of the first node; the others follow")
 	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "fsync `policy` of every node: always, everysec or no")
+	fs.StringVar(&amqpURL, "amqp-url", "", "RabbitMQ `URL` every node publishes its changes to (flux.cdc exchange); empty turns CDC off")
+	fs.StringVar(&cdcQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	c := &command{
 		name:    "dev",
@@ -47,7 +51,7 @@ func devCommand() *command {
 			return usageError(env, c.name, "--appendfsync: %v", err)
 		}
 		logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
-		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy})
+		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy, amqpURL, cdcQueue})
 	}
 	return c
 }
@@ -59,6 +63,8 @@ type devConfig struct {
 	basePort   int
 	adminBase  int
 	policy     changelog.Policy
+	amqpURL    string
+	cdcQueue   string
 }
 
 func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
@@ -87,6 +93,8 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 			AppendOnly:  true,
 			AppendFsync: cfg.policy,
 			Etcd:        []string{etcd.ClientURL()},
+			AMQPURL:     cfg.amqpURL,
+			CDCQueue:    cfg.cdcQueue,
 			Logger:      logger.With(slog.String("node", id)),
 		})
 		if err != nil {
@@ -106,6 +114,9 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 	fmt.Fprintf(env.stdout, "  etcd     %s\n", etcd.ClientURL())
 	for i, node := range running {
 		fmt.Fprintf(env.stdout, "  node-%d   %s   admin %s\n", i+1, node.APIURL(), node.AdminURL())
+	}
+	if cfg.amqpURL != "" {
+		fmt.Fprintf(env.stdout, "  cdc      every change goes to RabbitMQ exchange flux.cdc; try: flux cdc tail\n")
 	}
 	fmt.Fprintf(env.stdout, "Any node answers any key: export FLUX_ENDPOINT=%s\nCtrl-C stops everything; running flux dev again recovers the data.\n", running[0].APIURL())
 	<-env.ctx.Done()

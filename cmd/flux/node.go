@@ -37,6 +37,10 @@ func nodeCommand() *command {
 	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster to join (for example http://127.0.0.1:2379); empty runs a standalone node")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", discovery.DefaultTTL, "how long the node stays live in etcd after it stops renewing its lease")
 	fs.BoolVar(&cfg.AcceptKeyMovement, "accept-key-movement", false, "join a cluster that holds data as a new member, accepting that the keys moving to this node leave their values behind (no live rebalancing yet)")
+	fs.StringVar(&cfg.AMQPURL, "amqp-url", "", "RabbitMQ `URL` (amqp://user:pass@host:5672/) to publish every change to, on the flux.cdc exchange; empty turns CDC off")
+	fs.StringVar(&cfg.CDCQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange, so changes accumulate while no consumer runs")
+	fs.Int64Var(&cfg.CDCMaxLag, "cdc-max-lag", 100000, "log an error while the CDC relay is more than this many `revisions` behind (0: never)")
+	fs.DurationVar(&cfg.CDCMaxLagAge, "cdc-max-lag-age", time.Minute, "log an error while the oldest change not yet confirmed by RabbitMQ is older than this `duration` (0: never)")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
 

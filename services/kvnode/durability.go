@@ -40,7 +40,9 @@ func (n *Node) durability() durability {
 // the append-only file and replays it into the store.
 func (n *Node) openStore(registry prometheus.Registerer) error {
 	if !n.cfg.AppendOnly {
-		n.store = store.New(store.WithClock(n.cfg.Clock))
+		n.tail = changelog.NewTail(n.cfg.NodeID, 0, 0, 0)
+		n.events = n.tail
+		n.store = store.New(store.WithClock(n.cfg.Clock), store.WithChangeHook(n.tail.Append))
 		n.cfg.Logger.Warn("append-only file is off: data lives in memory only")
 		return nil
 	}
@@ -51,11 +53,13 @@ func (n *Node) openStore(registry prometheus.Registerer) error {
 		changelog.WithRegisterer(registry),
 		changelog.WithRewriteThreshold(n.cfg.RewriteMinBytes, max(n.cfg.RewriteGrowthPercent, 0)),
 		changelog.WithSnapshot(func(fn func(store.Entry) bool) { st.Range(fn) }),
+		changelog.WithRetention(n.relayDone),
 	)
 	if err != nil {
 		return fmt.Errorf("open append-only file: %w", err)
 	}
 	n.log = log
+	n.events = log
 	st = store.New(store.WithClock(n.cfg.Clock), store.WithChangeHook(log.Append))
 	n.store = st
 	stats, err := log.Replay(st)

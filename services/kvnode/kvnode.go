@@ -24,6 +24,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/cdc"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
@@ -84,6 +85,11 @@ type Config struct {
 	// AcceptKeyMovement lets a new member join a cluster that holds data,
 	// accepting that the keys it takes over stay behind on their old owners.
 	AcceptKeyMovement bool
+
+	AMQPURL      string        // RabbitMQ URL the CDC relay publishes to; empty turns CDC off
+	CDCQueue     string        // durable queue to declare and bind to the flux.cdc exchange; empty declares none
+	CDCMaxLag    int64         // log loudly when the relay is this many revisions behind (0: no bound)
+	CDCMaxLagAge time.Duration // ... or its oldest unconfirmed event is this old (0: no bound)
 }
 
 func (c *Config) setDefaults() error {
@@ -141,11 +147,17 @@ func (c *Config) setDefaults() error {
 type Node struct {
 	cfg    Config
 	store  *store.Store
-	log    *changelog.Log // nil when the node runs purely in memory
-	router *router        // shared with the handler; joined to a cluster by Start
-	health *grpchealth.StaticChecker
-	api    *rpcserver.Server
-	admin  *rpcserver.Server
+	log    *changelog.Log   // nil when the node runs purely in memory
+	events changelog.Events // what Watch and the CDC relay read: log, or an in-memory tail
+	tail   *changelog.Tail  // the in-memory tail when there is no log
+	relay  *cdc.Relay       // nil when CDC is off
+	// relaySrc is the relay's reader of events.
+	relaySrc *eventSource
+	registry *prometheus.Registry
+	router   *router // shared with the handler; joined to a cluster by Start
+	health   *grpchealth.StaticChecker
+	api      *rpcserver.Server
+	admin    *rpcserver.Server
 
 	errc         chan error // serve errors from either listener
 	shutdownOnce sync.Once
@@ -176,8 +188,12 @@ func New(cfg Config) (_ *Node, err error) {
 	}()
 
 	registry := prometheus.NewRegistry()
+	n.registry = registry
 	if err := n.openStore(registry); err != nil {
 		return nil, err
+	}
+	if err := n.newRelay(); err != nil {
+		return nil, fmt.Errorf("cdc relay: %w", err)
 	}
 	registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -257,6 +273,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()
+	}
+	if n.relay != nil {
+		n.relay.Start()
 	}
 	n.serve(n.admin)
 	if len(n.cfg.Etcd) > 0 {
@@ -340,6 +359,14 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close store: %w", err))
 		}
+		// The relay goes after the store, so it sees the last change, and
+		// before the log it reads.
+		if err := n.closeRelay(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close cdc relay: %w", err))
+		}
+		if n.tail != nil {
+			n.tail.Close()
+		}
 		// Last, so every change the store reported is written and fsynced,
 		// whatever the policy.
 		if n.log != nil {
@@ -378,6 +405,12 @@ func (n *Node) closeAll() {
 	}
 	if n.store != nil {
 		_ = n.store.Close()
+	}
+	if n.relay != nil {
+		_ = n.closeRelay(context.Background())
+	}
+	if n.tail != nil {
+		n.tail.Close()
 	}
 	if n.log != nil {
 		_ = n.log.Close()
