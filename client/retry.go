@@ -2,11 +2,9 @@ package client
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/coord"
@@ -104,21 +102,9 @@ func (c *Client) mayRetry(ctx context.Context, v *view, err error, write bool) b
 // the one the client sent the request to, or is not live. The client's view
 // will catch up; a refusal for any other reason may not change with it.
 func viewBehind(err error) bool {
-	var cerr *connect.Error
-	if !errors.As(err, &cerr) {
-		return false
-	}
-	for _, d := range cerr.Details() {
-		v, derr := d.Value()
-		if derr != nil {
-			continue
-		}
-		if info, ok := v.(*errdetails.ErrorInfo); ok && info.GetDomain() == coord.ErrorDomain {
-			switch info.GetReason() {
-			case coord.ReasonNotOwner, coord.ReasonOwnerNotLive:
-				return true
-			}
-		}
+	switch coord.Reason(err) {
+	case coord.ReasonNotOwner, coord.ReasonOwnerNotLive:
+		return true
 	}
 	return false
 }

@@ -122,10 +122,8 @@ type Log struct {
 	file     File          // active segment
 	total    int64         // bytes in all segments of the manifest
 	lastBase int64         // total after the last rewrite (or at start), for the growth trigger
-	ev       cdcv1.ChangeEvent
-	commitTS timestamppb.Timestamp
-	expireTS timestamppb.Timestamp
-	tail     *Tail // recent events, for readers
+	eb       eventBuf // guarded by mu
+	tail     *Tail    // recent events, for readers
 
 	kickc    chan struct{}
 	rotatec  chan chan rotation
@@ -385,10 +383,10 @@ func (l *Log) Append(c store.Change) {
 	if l.bufLast <= l.durable() {
 		l.progress = time.Now()
 	}
-	l.fillEvent(c)
+	ev := l.eb.fill(l.nodeID, c)
 	start := len(l.buf)
 	buf, err := appendFrame(l.buf, func(b []byte) ([]byte, error) {
-		return proto.MarshalOptions{}.MarshalAppend(b, &l.ev)
+		return proto.MarshalOptions{}.MarshalAppend(b, ev)
 	})
 	if err != nil {
 		l.failLocked(fmt.Errorf("encode revision %d: %w", c.Revision, err))
@@ -396,7 +394,7 @@ func (l *Log) Append(c store.Change) {
 	}
 	// The tail gets its own copy: the buffer is reused once written.
 	l.tail.push(Event{
-		Revision: c.Revision, Op: l.ev.Op, Key: c.Key, Time: c.CommitTime,
+		Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime,
 		Data: append([]byte(nil), buf[start+frameSize:]...),
 	})
 	l.buf, l.bufLast = buf, c.Revision
@@ -407,23 +405,27 @@ func (l *Log) Append(c store.Change) {
 	}
 }
 
-// fillEvent sets l.ev from c, reusing its timestamps. l.mu must be held.
-func (l *Log) fillEvent(c store.Change) {
-	l.ev = cdcv1.ChangeEvent{
-		NodeId:   l.nodeID,
-		Revision: c.Revision,
-		Op:       opOf(c.Op),
-		Key:      c.Key,
-		Value:    c.Value,
-	}
+// eventBuf encodes changes as ChangeEvents, reusing one message and its
+// timestamps, so encoding allocates nothing but the output.
+type eventBuf struct {
+	ev       cdcv1.ChangeEvent
+	commitTS timestamppb.Timestamp
+	expireTS timestamppb.Timestamp
+}
+
+// fill sets the event from c and returns it; it is valid until the next
+// call.
+func (b *eventBuf) fill(nodeID string, c store.Change) *cdcv1.ChangeEvent {
+	b.ev = cdcv1.ChangeEvent{NodeId: nodeID, Revision: c.Revision, Op: opOf(c.Op), Key: c.Key, Value: c.Value}
 	if !c.CommitTime.IsZero() {
-		l.commitTS = timestamppb.Timestamp{Seconds: c.CommitTime.Unix(), Nanos: int32(c.CommitTime.Nanosecond())}
-		l.ev.CommitTime = &l.commitTS
+		b.commitTS = timestamppb.Timestamp{Seconds: c.CommitTime.Unix(), Nanos: int32(c.CommitTime.Nanosecond())}
+		b.ev.CommitTime = &b.commitTS
 	}
 	if c.Op == store.OpPut && !c.ExpireTime.IsZero() {
-		l.expireTS = timestamppb.Timestamp{Seconds: c.ExpireTime.Unix(), Nanos: int32(c.ExpireTime.Nanosecond())}
-		l.ev.ExpireTime = &l.expireTS
+		b.expireTS = timestamppb.Timestamp{Seconds: c.ExpireTime.Unix(), Nanos: int32(c.ExpireTime.Nanosecond())}
+		b.ev.ExpireTime = &b.expireTS
 	}
+	return &b.ev
 }
 
 // Reserve waits while the write buffer is over its limit, which happens

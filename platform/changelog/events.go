@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 	"github.com/fluxkv/fluxkv/platform/store"
@@ -77,9 +76,7 @@ type Tail struct {
 	advancec chan struct{} // closed and replaced when durable advances or the tail closes
 	readers  map[*Reader]struct{}
 
-	ev       cdcv1.ChangeEvent
-	commitTS timestamppb.Timestamp
-	expireTS timestamppb.Timestamp
+	eb eventBuf // guarded by mu
 }
 
 // NewTail returns a standalone tail for a node that keeps no append-only
@@ -110,23 +107,15 @@ func newTail(nodeID string, maxEvents, maxBytes int) *Tail {
 func (t *Tail) Append(c store.Change) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.ev = cdcv1.ChangeEvent{NodeId: t.nodeID, Revision: c.Revision, Op: opOf(c.Op), Key: c.Key, Value: c.Value}
-	if !c.CommitTime.IsZero() {
-		t.commitTS = timestamppb.Timestamp{Seconds: c.CommitTime.Unix(), Nanos: int32(c.CommitTime.Nanosecond())}
-		t.ev.CommitTime = &t.commitTS
-	}
-	if c.Op == store.OpPut && !c.ExpireTime.IsZero() {
-		t.expireTS = timestamppb.Timestamp{Seconds: c.ExpireTime.Unix(), Nanos: int32(c.ExpireTime.Nanosecond())}
-		t.ev.ExpireTime = &t.expireTS
-	}
-	data, err := proto.MarshalOptions{}.Marshal(&t.ev)
+	ev := t.eb.fill(t.nodeID, c)
+	data, err := proto.MarshalOptions{}.Marshal(ev)
 	if err != nil {
 		// A ChangeEvent always marshals; drop the tail rather than leave a
 		// gap readers could not detect.
 		t.resetLocked(c.Revision)
 		return
 	}
-	t.pushLocked(Event{Revision: c.Revision, Op: t.ev.Op, Key: c.Key, Time: c.CommitTime, Data: data})
+	t.pushLocked(Event{Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime, Data: data})
 	t.advanceLocked(c.Revision)
 }
 

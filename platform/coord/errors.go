@@ -54,9 +54,19 @@ func WasNotExecuted(err error) bool {
 	if errors.As(err, &opErr) && opErr.Op == "dial" {
 		return true
 	}
+	switch Reason(err) {
+	case ReasonNotOwner, ReasonOwnerNotLive, ReasonOwnerUnreachable, ReasonNotReady:
+		return true
+	}
+	return false
+}
+
+// Reason returns the reason of the Flux-KV ErrorInfo detail err carries,
+// or "" if it has none.
+func Reason(err error) string {
 	var cerr *connect.Error
 	if !errors.As(err, &cerr) {
-		return false
+		return ""
 	}
 	for _, d := range cerr.Details() {
 		v, derr := d.Value()
@@ -64,11 +74,8 @@ func WasNotExecuted(err error) bool {
 			continue
 		}
 		if info, ok := v.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
-			switch info.GetReason() {
-			case ReasonNotOwner, ReasonOwnerNotLive, ReasonOwnerUnreachable, ReasonNotReady:
-				return true
-			}
+			return info.GetReason()
 		}
 	}
-	return false
+	return ""
 }
