@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
+	"github.com/fluxkv/fluxkv/internal/amqptest"
 	"github.com/fluxkv/fluxkv/platform/cdc"
 )
 
@@ -59,29 +59,10 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// amqpBroker is the RabbitMQ of the tests: they are skipped if it is
-// unreachable, except in CI, where they fail.
-func amqpBroker(t *testing.T) string {
-	t.Helper()
-	u := os.Getenv("FLUX_AMQP_URL")
-	if u == "" {
-		u = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	conn, err := amqp.DialConfig(u, amqp.Config{Dial: amqp.DefaultDial(2 * time.Second)})
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("RabbitMQ at FLUX_AMQP_URL (default 127.0.0.1:5672) is required in CI: %v", err)
-		}
-		t.Skipf("RabbitMQ unreachable: %v", err)
-	}
-	_ = conn.Close()
-	return u
-}
-
 // publisher publishes to an exchange of the test's own, deleted at its end.
 func publisher(t *testing.T, broker string) (*amqp.Channel, string) {
 	t.Helper()
-	exchange := fmt.Sprintf("flux.cdc.test.%s.%08x", strings.ReplaceAll(t.Name(), "/", "."), rand.Uint32())
+	exchange := amqptest.Exchange(t, broker)
 	conn, err := amqp.Dial(broker)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +75,6 @@ func publisher(t *testing.T, broker string) (*amqp.Channel, string) {
 	if err := cdc.DeclareExchange(ch, exchange); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = ch.ExchangeDelete(exchange, false, false) })
 	return ch, exchange
 }
 
@@ -203,7 +183,7 @@ func checkEvents(t *testing.T, got []*cdcv1.ChangeEvent, want ...*cdcv1.ChangeEv
 
 func TestCDCTailPrivateQueue(t *testing.T) {
 	t.Parallel()
-	broker := amqpBroker(t)
+	broker := amqptest.URL(t)
 	ch, exchange := publisher(t, broker)
 	tl := startTail(t, "--amqp-url", broker, "--exchange", exchange, "--binding", "put.#")
 	put1, del2, put3 := testEvent(1, cdcv1.Op_OP_PUT), testEvent(2, cdcv1.Op_OP_DELETE), testEvent(3, cdcv1.Op_OP_PUT)
@@ -219,13 +199,12 @@ func TestCDCTailPrivateQueue(t *testing.T) {
 
 func TestCDCTailNamedQueue(t *testing.T) {
 	t.Parallel()
-	broker := amqpBroker(t)
+	broker := amqptest.URL(t)
 	ch, exchange := publisher(t, broker)
-	queue := exchange + ".q"
+	queue := amqptest.Queue(t, broker)
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _, _ = ch.QueueDelete(queue, false, false, false) })
 	if err := ch.QueueBind(queue, "#", exchange, false, nil); err != nil {
 		t.Fatal(err)
 	}

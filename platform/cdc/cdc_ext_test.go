@@ -16,6 +16,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.uber.org/goleak"
 
+	"github.com/fluxkv/fluxkv/internal/amqptest"
 	"github.com/fluxkv/fluxkv/platform/cdc"
 )
 
@@ -25,8 +26,8 @@ func TestMain(m *testing.M) {
 
 func TestPublishesEveryEventInOrder(t *testing.T) {
 	t.Parallel()
-	broker := brokerURL(t)
-	exchange, queue := names(t, broker)
+	broker := amqptest.URL(t)
+	exchange, queue := amqptest.Exchange(t, broker), amqptest.Queue(t, broker)
 	const node, total = "node-a", 10_000
 	src := newMemSource(node)
 	src.Append(total / 2)
@@ -36,14 +37,14 @@ func TestPublishesEveryEventInOrder(t *testing.T) {
 	}, src)
 	h.relay.Start()
 	eventually(t, "connected", func() bool { return h.metric(t, "flux_cdc_connected") == 1 })
-	got := consume(t, broker, queue)
+	got := amqptest.Consume(t, broker, queue)
 	for range 50 {
 		src.Append(total / 2 / 50)
 	}
 
-	eventually(t, "every event in the queue", func() bool { return got.has(node, total) })
-	got.checkExactlyOnce(t, node, total, true)
-	for _, d := range got.all() {
+	got.Wait(t, node, total, waitTimeout)
+	got.CheckExactlyOnce(t, node, total, true)
+	for _, d := range got.All() {
 		rev, ok := d.Headers["revision"].(int64)
 		if !ok || rev < 1 || rev > total {
 			t.Fatalf("message %s: revision header %#v, want an int64 from 1 to %d", d.MessageId, d.Headers["revision"], total)
@@ -72,7 +73,7 @@ func TestPublishesEveryEventInOrder(t *testing.T) {
 			}
 		}
 	}
-	if ops := countOps(got.all()); len(ops) != 3 {
+	if ops := countOps(got.All()); len(ops) != 3 {
 		t.Errorf("routing keys by op: %v, want put, delete and expire", ops)
 	}
 
@@ -101,8 +102,8 @@ func countOps(ds []amqp.Delivery) map[string]int {
 
 func TestRestartResumesFromCheckpoint(t *testing.T) {
 	t.Parallel()
-	broker := brokerURL(t)
-	exchange, queue := names(t, broker)
+	broker := amqptest.URL(t)
+	exchange, queue := amqptest.Exchange(t, broker), amqptest.Queue(t, broker)
 	const node = "node-b"
 	dir := t.TempDir()
 	src := newMemSource(node)
@@ -136,8 +137,8 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	mu.Unlock()
 
 	// Everything up to the checkpoint was confirmed, so it is in the queue.
-	got := consume(t, broker, queue)
-	eventually(t, "the events up to the checkpoint", func() bool { return got.has(node, stoppedAt) })
+	got := amqptest.Consume(t, broker, queue)
+	got.Wait(t, node, stoppedAt, waitTimeout)
 
 	cfg.OnCheckpoint = nil
 	second := newRelay(t, cfg, src)
@@ -146,15 +147,15 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	}
 	second.relay.Start()
 	last := src.Append(2000)
-	eventually(t, "every event in the queue", func() bool { return got.has(node, last) })
-	got.checkExactlyOnce(t, node, last, true)
+	got.Wait(t, node, last, waitTimeout)
+	got.CheckExactlyOnce(t, node, last, true)
 	eventually(t, "checkpoint at the last revision", func() bool { return second.relay.Checkpoint() == last })
 }
 
 func TestUnroutableEventsAreCounted(t *testing.T) {
 	t.Parallel()
-	broker := brokerURL(t)
-	exchange, _ := names(t, broker)
+	broker := amqptest.URL(t)
+	exchange := amqptest.Exchange(t, broker)
 	src := newMemSource("node-c")
 	const n = 10
 	src.Append(n)
@@ -309,8 +310,8 @@ func TestCloseWithoutStart(t *testing.T) {
 
 func TestNackedEventsArePublishedAgain(t *testing.T) {
 	t.Parallel()
-	broker := brokerURL(t)
-	exchange, queue := names(t, broker)
+	broker := amqptest.URL(t)
+	exchange, queue := amqptest.Exchange(t, broker), amqptest.Queue(t, broker)
 	// A queue that refuses what it has no room for, so the broker nacks.
 	conn, err := amqp.Dial(broker)
 	if err != nil {
@@ -343,9 +344,9 @@ func TestNackedEventsArePublishedAgain(t *testing.T) {
 	if cp := h.relay.Checkpoint(); cp >= n {
 		t.Fatalf("checkpoint %d passed refused events", cp)
 	}
-	got := consume(t, broker, queue) // makes room
-	eventually(t, "every event in the queue", func() bool { return got.has(node, n) })
-	got.checkExactlyOnce(t, node, n, false)
+	got := amqptest.Consume(t, broker, queue) // makes room
+	got.Wait(t, node, n, waitTimeout)
+	got.CheckExactlyOnce(t, node, n, false)
 	eventually(t, "checkpoint at the last revision", func() bool { return h.relay.Checkpoint() == n })
 	if !strings.Contains(h.logs.String(), "broker refused an event") {
 		t.Errorf("nack not logged:\n%s", h.logs)

@@ -5,19 +5,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"net/url"
-	"os"
-	"regexp"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -98,66 +92,6 @@ func (s *memSource) Event(rev int64) cdc.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.events[rev-1]
-}
-
-// brokerURL is the RabbitMQ the tests use. A test is skipped when it is not
-// reachable, except in CI, where that fails it.
-func brokerURL(t *testing.T) string {
-	t.Helper()
-	u := os.Getenv("FLUX_AMQP_URL")
-	if u == "" {
-		u = "amqp://guest:guest@127.0.0.1:5672/"
-	}
-	conn, err := amqp.DialConfig(u, amqp.Config{Dial: amqp.DefaultDial(2 * time.Second)})
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("RabbitMQ at FLUX_AMQP_URL (default 127.0.0.1:5672) is required in CI: %v", err)
-		}
-		t.Skipf("RabbitMQ unreachable, set FLUX_AMQP_URL or start it: %v", err)
-	}
-	_ = conn.Close()
-	return u
-}
-
-// viaHost is brokerURL with its host:port replaced.
-func viaHost(t *testing.T, brokerURL, hostport string) string {
-	t.Helper()
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Host = hostport
-	return u.String()
-}
-
-var unsafeName = regexp.MustCompile(`[^A-Za-z0-9_.-]+`)
-
-// names returns an exchange and a queue of the test's own, deleted when it
-// ends.
-func names(t *testing.T, brokerURL string) (exchange, queue string) {
-	t.Helper()
-	base := fmt.Sprintf("flux.cdc.test.%s.%08x", unsafeName.ReplaceAllString(t.Name(), "_"), rand.Uint32())
-	exchange, queue = base, base+".q"
-	t.Cleanup(func() {
-		conn, err := amqp.Dial(brokerURL)
-		if err != nil {
-			t.Errorf("clean up: %v", err)
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Errorf("clean up: %v", err)
-			return
-		}
-		if _, err := ch.QueueDelete(queue, false, false, false); err != nil {
-			t.Errorf("delete queue: %v", err)
-		}
-		if err := ch.ExchangeDelete(exchange, false, false); err != nil {
-			t.Errorf("delete exchange: %v", err)
-		}
-	})
-	return exchange, queue
 }
 
 // logBuffer collects a relay's logs; they are printed if the test fails.
@@ -247,100 +181,4 @@ func eventually(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// collector consumes a queue, straight from the broker, and records what
-// arrives.
-type collector struct {
-	mu         sync.Mutex
-	deliveries []amqp.Delivery
-	seen       map[string]bool // message ids
-	firstSeen  []int64         // revisions, in the order they first arrived
-}
-
-func consume(t *testing.T, brokerURL, queue string) *collector {
-	t.Helper()
-	conn, err := amqp.Dial(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		_ = conn.Close()
-		t.Fatal(err)
-	}
-	deliveries, err := ch.Consume(queue, "", true, true, false, false, nil)
-	if err != nil {
-		_ = conn.Close()
-		t.Fatal(err)
-	}
-	c := &collector{seen: map[string]bool{}}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for d := range deliveries {
-			c.add(d)
-		}
-	}()
-	t.Cleanup(func() {
-		_ = conn.Close()
-		<-done
-	})
-	return c
-}
-
-func (c *collector) add(d amqp.Delivery) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.deliveries = append(c.deliveries, d)
-	if c.seen[d.MessageId] {
-		return
-	}
-	c.seen[d.MessageId] = true
-	rev, _ := d.Headers["revision"].(int64)
-	c.firstSeen = append(c.firstSeen, rev)
-}
-
-// has reports whether every revision from 1 to n of node arrived.
-func (c *collector) has(node string, n int64) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for rev := int64(1); rev <= n; rev++ {
-		if !c.seen[node+":"+strconv.FormatInt(rev, 10)] {
-			return false
-		}
-	}
-	return true
-}
-
-// checkExactlyOnce fails the test unless, without duplicates, the queue
-// held revisions 1 to n of node and nothing else; inOrder also wants them to
-// have first arrived in revision order.
-func (c *collector) checkExactlyOnce(t *testing.T, node string, n int64, inOrder bool) {
-	t.Helper()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if int64(len(c.seen)) != n {
-		t.Errorf("got %d distinct message ids, want %d", len(c.seen), n)
-	}
-	for id := range c.seen {
-		rev, err := strconv.ParseInt(strings.TrimPrefix(id, node+":"), 10, 64)
-		if err != nil || rev < 1 || rev > n {
-			t.Errorf("unexpected message id %q", id)
-		}
-	}
-	if !inOrder {
-		return
-	}
-	for i, rev := range c.firstSeen {
-		if rev != int64(i)+1 {
-			t.Fatalf("revision %d arrived %d-th: not in revision order", rev, i+1)
-		}
-	}
-}
-
-func (c *collector) all() []amqp.Delivery {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.deliveries)
 }

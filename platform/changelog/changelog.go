@@ -122,8 +122,8 @@ type Log struct {
 	file     File          // active segment
 	total    int64         // bytes in all segments of the manifest
 	lastBase int64         // total after the last rewrite (or at start), for the growth trigger
-	eb       eventBuf // guarded by mu
-	tail     *Tail    // recent events, for readers
+	eb       eventBuf      // guarded by mu
+	tail     *Tail         // recent events, for readers
 
 	kickc    chan struct{}
 	rotatec  chan chan rotation
@@ -294,6 +294,17 @@ func (l *Log) Replay(t Target) (ReplayStats, error) {
 	}
 	if err := ap.close(); err != nil {
 		return stats, err
+	}
+	// History is not replayed, but it is on disk: it counts in the size
+	// that rewrites and pruning account for.
+	for _, h := range l.man.History {
+		for _, name := range h.Segments {
+			size, err := l.cfg.fs.Size(join(l.dir, name))
+			if err != nil {
+				return stats, fmt.Errorf("stat %s: %w", join(l.dir, name), err)
+			}
+			l.total += size
+		}
 	}
 	t.AdvanceRevision(stats.Revision)
 	f, err := l.cfg.fs.OpenAppend(join(l.dir, l.man.active()))

@@ -280,12 +280,14 @@ func (r *Reader) Next(ctx context.Context, max int) ([]Event, error) {
 			return nil, &CompactedError{Oldest: first}
 		case !inTail && r.pos < durable:
 			events, err := r.readSegments(max, durable)
-			if err != nil {
-				return nil, err
-			}
 			if len(events) > 0 {
+				// Events read before an error are returned; the error, if it
+				// persists, comes with the next call.
 				r.advanceTo(events[len(events)-1].Revision)
 				return events, nil
+			}
+			if err != nil {
+				return nil, err
 			}
 		}
 		select {
@@ -336,12 +338,34 @@ func (r *Reader) readSegments(maxN int, durable int64) ([]Event, error) {
 		if !ok {
 			// The end of what this segment holds so far: go on to the next
 			// one if a rotation has sealed this one.
-			next, err := r.log.segmentAfter(r.seg.name)
+			next, found, err := r.log.segmentAfter(r.seg.name)
 			if err != nil {
 				return out, err
 			}
+			if !found {
+				// A rewrite dropped the segment once this reader was past
+				// it: find the next event wherever it is now.
+				r.closeSegment()
+				pos := r.pos
+				if len(out) > 0 {
+					pos = out[len(out)-1].Revision
+				}
+				if r.seg, err = r.log.openAt(pos + 1); err != nil {
+					return out, err
+				}
+				continue
+			}
 			if next == "" {
 				return out, nil
+			}
+			// The rotation that made next wrote this segment's last records
+			// before it listed next: read what arrived since the end was
+			// seen before moving on.
+			if _, more, err := r.seg.peek(); err != nil || more {
+				if err != nil {
+					return out, err
+				}
+				continue
 			}
 			r.seg.close()
 			if r.seg, err = r.log.openSegment(next); err != nil {

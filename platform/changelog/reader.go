@@ -97,22 +97,20 @@ func (l *Log) firstRevision(name string) (int64, bool, error) {
 	return c.Revision, true, nil
 }
 
-// segmentAfter returns the segment that follows name, or "" if name is the
-// active one.
-func (l *Log) segmentAfter(name string) (string, error) {
+// segmentAfter returns the segment that follows name ("" if name is the
+// active one), and whether name is still a segment of the log.
+func (l *Log) segmentAfter(name string) (string, bool, error) {
 	l.manMu.Lock()
-	files, oldest := l.man.eventFiles(), l.man.oldest()
+	files := l.man.eventFiles()
 	l.manMu.Unlock()
 	i := slices.Index(files, name)
 	switch {
 	case i < 0:
-		// Dropped while being read: only possible for a reader that was not
-		// registered, so report it as what it is.
-		return "", &CompactedError{Oldest: oldest}
+		return "", false, nil
 	case i == len(files)-1:
-		return "", nil
+		return "", true, nil
 	default:
-		return files[i+1], nil
+		return files[i+1], true, nil
 	}
 }
 

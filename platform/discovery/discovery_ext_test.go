@@ -190,8 +190,10 @@ func TestJoinAndFirstWriteExcludeEachOther(t *testing.T) {
 	if err := discovery.MarkData(ctx, client, "a", resp.Header.Revision); err != nil {
 		t.Fatalf("marking data from a current view: %v", err)
 	}
-	if err := discovery.MarkData(ctx, client, "b", viewOfA); err != nil {
-		t.Fatalf("marking data again: got %v, want nil (already recorded)", err)
+	// Once recorded, a node with a stale view is still refused: its ring
+	// would place keys on the wrong member.
+	if err := discovery.MarkData(ctx, client, "b", viewOfA); !errors.Is(err, discovery.ErrMembersChanged) {
+		t.Fatalf("marking data again from a stale view: got %v, want ErrMembersChanged", err)
 	}
 	if added, err := discovery.AddMember(ctx, client, "c", false); !errors.Is(err, discovery.ErrHoldsData) || added {
 		t.Fatalf("adding c to a cluster with data: got %v, %v, want ErrHoldsData", added, err)

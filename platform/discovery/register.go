@@ -128,30 +128,27 @@ func RemoveMember(ctx context.Context, client *clientv3.Client, id string) error
 }
 
 // MarkData records that the cluster holds data (DataKey), on behalf of
-// node. It succeeds if the key exists already. It fails with
-// ErrMembersChanged if a member joined after revision rev, the revision of
-// the caller's view of the members: the caller's ring is then stale and it
-// must not accept the write it was about to.
+// node. It fails with ErrMembersChanged if a member joined after revision
+// rev, the revision of the caller's view of the members, even when the key
+// exists already: the caller's ring is then stale and it must not accept the
+// write it was about to. Rewriting the key keeps its create revision, which
+// is what AddMember checks.
 func MarkData(ctx context.Context, client *clientv3.Client, node string, rev int64) error {
 	value, err := json.Marshal(map[string]any{"node_id": node, "at": time.Now().UTC()})
 	if err != nil {
 		return err
 	}
 	resp, err := client.Txn(ctx).
-		If(
-			clientv3.Compare(clientv3.CreateRevision(DataKey), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(MembersPrefix), "<", rev+1).WithPrefix(),
-		).
+		If(clientv3.Compare(clientv3.CreateRevision(MembersPrefix), "<", rev+1).WithPrefix()).
 		Then(clientv3.OpPut(DataKey, string(value))).
-		Else(clientv3.OpGet(DataKey, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("record in etcd that the cluster holds data: %w", err)
 	}
-	if resp.Succeeded || resp.Responses[0].GetResponseRange().GetCount() > 0 {
-		return nil
+	if !resp.Succeeded {
+		return ErrMembersChanged
 	}
-	return ErrMembersChanged
+	return nil
 }
 
 // register grants a lease within ctx, keeps it alive until Close, and puts
@@ -186,7 +183,7 @@ func (r *Registration) keep(session *concurrency.Session) {
 		r.logger.Warn("etcd lease lost; re-registering", slog.String("key", r.key))
 		backoff := 250 * time.Millisecond
 		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			ctx, cancel := context.WithTimeout(r.keepCtx, 5*time.Second)
 			next, err := r.register(ctx)
 			cancel()
 			if err == nil {
@@ -214,14 +211,15 @@ func (r *Registration) Close(ctx context.Context) error {
 	var err error
 	r.closeOnce.Do(func() {
 		close(r.stopc)
+		// Cancelling the keep-alives' context first also ends a
+		// re-registration in progress, so Close does not wait for it; and a
+		// revoke that cannot reach etcd does not leave them renewing.
+		r.keepCancel()
 		<-r.donec
 		r.mu.Lock()
 		session := r.session
 		r.mu.Unlock()
-		// Stop the keep-alives first: a revoke that cannot reach etcd must
-		// not leave them renewing the lease.
 		session.Orphan()
-		r.keepCancel()
 		if _, rerr := r.client.Revoke(ctx, session.Lease()); rerr != nil {
 			err = fmt.Errorf("revoke lease of %s (it expires after its TTL): %w", r.key, rerr)
 		}

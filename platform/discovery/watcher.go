@@ -159,7 +159,12 @@ func (w *Watcher) watch(ctx context.Context) error {
 			continue
 		}
 		next := w.Snapshot().clone()
+		// The revision is that of the last event applied, not the
+		// response header's: the header may be ahead of events still to
+		// come in a later response, and resuming after it would skip them.
+		var last int64
 		for _, ev := range resp.Events {
+			last = max(last, ev.Kv.ModRevision)
 			var value []byte
 			if ev.Type == clientv3.EventTypePut {
 				value = ev.Kv.Value
@@ -168,7 +173,7 @@ func (w *Watcher) watch(ctx context.Context) error {
 				w.logger.Warn("ignoring a discovery entry", slog.Any("error", err))
 			}
 		}
-		next.Revision = resp.Header.Revision
+		next.Revision = max(next.Revision, last)
 		w.publish(next)
 	}
 	return errors.New("watch channel closed")

@@ -47,6 +47,12 @@ func (n *Node) newRelay() error {
 	if n.cfg.AMQPURL == "" {
 		return nil
 	}
+	if n.log == nil {
+		// Without a log, revisions start again at 1 after a restart, so
+		// message ids would repeat and consumers would drop new events as
+		// duplicates of old ones.
+		return errors.New("CDC needs the append-only file: without it revisions restart after a restart and consumers could not tell events apart")
+	}
 	n.relaySrc = &eventSource{events: n.events, logger: n.cfg.Logger}
 	relay, err := cdc.New(cdc.Config{
 		URL:           n.cfg.AMQPURL,
@@ -60,6 +66,14 @@ func (n *Node) newRelay() error {
 	}, n.relaySrc)
 	if err != nil {
 		return err
+	}
+	// Under everysec or no, the relay may have published events that a
+	// power loss then took from the log. Their revisions must not be given
+	// to new writes: consumers would drop those as duplicates.
+	if cp, rev := relay.Checkpoint(), n.store.Revision(); cp > rev {
+		n.cfg.Logger.Error("cdc: RabbitMQ has events this node's log lost (a power loss under --appendfsync everysec or no); revisions continue after them",
+			slog.Int64("log_revision", rev), slog.Int64("published_revision", cp))
+		n.store.AdvanceRevision(cp)
 	}
 	n.relay = relay
 	return nil
@@ -105,7 +119,9 @@ func (s *eventSource) Read(ctx context.Context, after int64, max int) ([]cdc.Eve
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	// The relay's own reads ask for a window; a one-event read (its lag
+	// probe) must not take the place of the reader it follows the log with.
+	if s.closed || (max == 1 && s.reader != nil) {
 		r.Close()
 		return out, nil
 	}
