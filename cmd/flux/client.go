@@ -34,10 +34,16 @@ type clientFlags struct {
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.endpoint, "endpoint", defaultEndpoint, "`URL` of a Flux-KV gateway or node")
+	f.registerEndpoint(fs)
 	fs.Var(&f.etcd, "etcd", "comma-separated etcd `endpoints`: route each key to its owner with the Go SDK instead of using --endpoint")
-	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline for the call")
+}
+
+// registerEndpoint registers the flags of commands that talk to one
+// endpoint for as long as they run (streams): no SDK routing, no deadline.
+func (f *clientFlags) registerEndpoint(fs *flag.FlagSet) {
+	fs.StringVar(&f.endpoint, "endpoint", defaultEndpoint, "`URL` of a Flux-KV gateway or node")
+	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts")
 }
 

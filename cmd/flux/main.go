@@ -45,6 +45,7 @@ func commands() []*command {
 		putCommand(),
 		delCommand(),
 		scanCommand(),
+		watchCommand(),
 		healthCommand(),
 		clusterCommand(),
 		cdcCommand(),

@@ -14,6 +14,7 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
@@ -27,6 +28,8 @@ const defaultScanLimit = 100
 type handler struct {
 	store         *store.Store
 	dur           durability
+	events        changelog.Events // what Watch reads; nil: Watch is unimplemented
+	watch         watchConfig
 	router        *router
 	validator     protovalidate.Validator
 	maxValueBytes int
@@ -38,9 +41,12 @@ type handler struct {
 // Batch and Pipeline operation on its own; whole requests are checked by the
 // validation interceptor that the caller installs. now must be the clock st
 // uses, so remaining TTLs agree with expiry. A write is acknowledged only
-// once dur says it is durable.
-func newHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability, r *router) kvv1connect.KVServiceHandler {
-	return &handler{store: st, dur: dur, router: r, validator: validator, maxValueBytes: maxValueBytes, now: now}
+// once dur says it is durable. Watch streams the changes events holds.
+func newHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability, events changelog.Events, r *router) kvv1connect.KVServiceHandler {
+	return &handler{
+		store: st, dur: dur, events: events, watch: defaultWatchConfig(), router: r,
+		validator: validator, maxValueBytes: maxValueBytes, now: now,
+	}
 }
 
 func (h *handler) Get(ctx context.Context, req *connect.Request[kvv1.GetRequest]) (*connect.Response[kvv1.GetResponse], error) {
@@ -182,10 +188,6 @@ func (h *handler) scanLocal(msg *kvv1.ScanRequest, limit int) (*kvv1.ScanRespons
 		}
 	}
 	return &kvv1.ScanResponse{Items: items, NextCursor: res.NextCursor}, nil
-}
-
-func (h *handler) Watch(context.Context, *connect.Request[kvv1.WatchRequest], *connect.ServerStream[kvv1.WatchResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("watch is not available yet: it is served from the change log"))
 }
 
 // Pipeline answers each operation as it arrives, in arrival order. This

@@ -240,7 +240,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
-		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.router),
+		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
 		connect.WithInterceptors(rpcMetrics, validation),
 		connect.WithReadMaxBytes(maxMessage),
 		// Compressing the small messages most calls carry costs more CPU than

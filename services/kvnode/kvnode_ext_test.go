@@ -519,18 +519,3 @@ func TestPipeline(t *testing.T) {
 		}
 	})
 }
-
-func TestWatchNotYetAvailable(t *testing.T) {
-	t.Parallel()
-	forEachProtocol(t, kvnode.Config{}, func(t *testing.T, client kvv1connect.KVServiceClient, _ *clock.Fake) {
-		stream, err := client.Watch(context.Background(), connect.NewRequest(&kvv1.WatchRequest{Target: &kvv1.WatchRequest_Prefix{}}))
-		if err != nil {
-			t.Fatalf("watch: %v", err)
-		}
-		defer stream.Close()
-		for stream.Receive() {
-			t.Fatalf("watch sent %v", stream.Msg())
-		}
-		wantCode(t, stream.Err(), connect.CodeUnimplemented)
-	})
-}

@@ -22,18 +22,46 @@ import (
 type router struct {
 	self    string
 	cluster atomic.Pointer[cluster]
+
+	drainMu sync.Mutex
+	drainc  chan struct{} // closed when the node starts leaving; made on first use
 }
 
 func (r *router) join(c *cluster) { r.cluster.Store(c) }
 
 // deregister makes the node not live in etcd while it keeps routing: calls
 // in flight, and those that arrive before everyone has noticed, still reach
-// their owners.
+// their owners. Watch streams end here, as they never end on their own and
+// would keep the API from draining; their clients resume elsewhere.
 func (r *router) deregister(ctx context.Context) error {
+	r.drain()
 	if c := r.cluster.Load(); c != nil {
 		return c.deregister(ctx)
 	}
 	return nil
+}
+
+// draining is closed when the node starts leaving.
+func (r *router) draining() <-chan struct{} {
+	r.drainMu.Lock()
+	defer r.drainMu.Unlock()
+	if r.drainc == nil {
+		r.drainc = make(chan struct{})
+	}
+	return r.drainc
+}
+
+func (r *router) drain() {
+	r.drainMu.Lock()
+	defer r.drainMu.Unlock()
+	if r.drainc == nil {
+		r.drainc = make(chan struct{})
+	}
+	select {
+	case <-r.drainc:
+	default:
+		close(r.drainc)
+	}
 }
 
 // leave stops routing; call it once the API has drained.
@@ -89,6 +117,15 @@ func (r *router) target(h http.Header, key string) (kvv1connect.KVServiceClient,
 	default:
 		return client, err
 	}
+}
+
+// ownerOf names the member that owns key, for messages; "" when the node
+// is not clustered.
+func (r *router) ownerOf(key string) string {
+	if c := r.cluster.Load(); c != nil {
+		return c.ring().Owner(key)
+	}
+	return ""
 }
 
 // forward wraps msg for a peer, marking it as forwarded.

@@ -1212,7 +1212,7 @@ func (x *ScanResponse) GetNextCursor() string {
 	return ""
 }
 
-// WatchRequest selects the changes to stream.
+// WatchRequest selects the changes to stream and where to start.
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// target is a single key or a prefix; exactly one must be set.
@@ -1223,9 +1223,16 @@ type WatchRequest struct {
 	//	*WatchRequest_Prefix
 	Target isWatchRequest_Target `protobuf_oneof:"target"`
 	// start_revision is the first revision to stream; 0 streams only changes
-	// made after the watch starts. To resume, pass the last revision received
-	// plus one.
+	// made after the watch starts. Revisions belong to one node, so a start
+	// revision applies to a watch that one node serves: a standalone node, or
+	// the owner of a watched key. A cluster-wide prefix watch refuses it with
+	// INVALID_ARGUMENT; resume such a watch with resume_token.
 	StartRevision int64 `protobuf:"varint,3,opt,name=start_revision,json=startRevision,proto3" json:"start_revision,omitempty"`
+	// resume_token continues an earlier watch of the same target right after
+	// the response that carried it. Cannot be combined with start_revision.
+	// A node the token does not name (one that joined since) streams all its
+	// changes, from its first revision.
+	ResumeToken   string `protobuf:"bytes,4,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1292,6 +1299,13 @@ func (x *WatchRequest) GetStartRevision() int64 {
 	return 0
 }
 
+func (x *WatchRequest) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
 type isWatchRequest_Target interface {
 	isWatchRequest_Target()
 }
@@ -1311,10 +1325,24 @@ func (*WatchRequest_Key) isWatchRequest_Target() {}
 func (*WatchRequest_Prefix) isWatchRequest_Target() {}
 
 // WatchResponse carries changes in revision order.
+//
+// The first response of a stream has no events: it confirms the watch and
+// carries the token of its starting point. Later responses without events
+// are progress messages, sent when the stream has been idle for a while
+// (5 seconds by default): nothing that matches has changed, and their
+// resume_token has moved past the changes that did not match, so a client
+// that saves it resumes from the present rather than from its last event.
 type WatchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// events are consecutive changes matching the watch, oldest first.
-	Events        []*v1.ChangeEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// events are changes matching the watch, oldest first for each node.
+	// Events of different nodes have unrelated revisions: order is defined
+	// per node (and so per key), not across nodes.
+	Events []*v1.ChangeEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	// resume_token is where this response leaves the stream; pass it to a new
+	// Watch of the same target to continue after it. It is opaque: clients
+	// store and return it unchanged. (It is the unpadded base64url encoding
+	// of a WatchToken.)
+	ResumeToken   string `protobuf:"bytes,2,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1356,6 +1384,122 @@ func (x *WatchResponse) GetEvents() []*v1.ChangeEvent {
 	return nil
 }
 
+func (x *WatchResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+// WatchToken is the content of a resume_token, defined here so that every
+// implementation encodes it alike. Clients need not decode it.
+type WatchToken struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revisions maps each node the stream covers, by node id, to the highest
+	// revision of that node the stream has passed: every change of that node
+	// up to it was sent or did not match. Resuming streams each node's
+	// changes after its entry.
+	Revisions     map[string]int64 `protobuf:"bytes,1,rep,name=revisions,proto3" json:"revisions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchToken) Reset() {
+	*x = WatchToken{}
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchToken) ProtoMessage() {}
+
+func (x *WatchToken) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchToken.ProtoReflect.Descriptor instead.
+func (*WatchToken) Descriptor() ([]byte, []int) {
+	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchToken) GetRevisions() map[string]int64 {
+	if x != nil {
+		return x.Revisions
+	}
+	return nil
+}
+
+// WatchCompacted is the error detail of a FAILED_PRECONDITION answer to a
+// Watch whose start is older than the oldest change a node still holds
+// (a log rewrite replaced the older ones with a snapshot). The watch
+// cannot continue without missing changes: read the current state with
+// Scan and start a new watch.
+type WatchCompacted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id is the node that no longer holds the changes.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// oldest_revision is the oldest revision the node can still stream.
+	OldestRevision int64 `protobuf:"varint,2,opt,name=oldest_revision,json=oldestRevision,proto3" json:"oldest_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchCompacted) Reset() {
+	*x = WatchCompacted{}
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCompacted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCompacted) ProtoMessage() {}
+
+func (x *WatchCompacted) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCompacted.ProtoReflect.Descriptor instead.
+func (*WatchCompacted) Descriptor() ([]byte, []int) {
+	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchCompacted) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *WatchCompacted) GetOldestRevision() int64 {
+	if x != nil {
+		return x.OldestRevision
+	}
+	return 0
+}
+
 // PipelineRequest is one operation on a Pipeline stream.
 type PipelineRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1370,7 +1514,7 @@ type PipelineRequest struct {
 
 func (x *PipelineRequest) Reset() {
 	*x = PipelineRequest{}
-	mi := &file_flux_kv_v1_kv_proto_msgTypes[17]
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1526,7 @@ func (x *PipelineRequest) String() string {
 func (*PipelineRequest) ProtoMessage() {}
 
 func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_kv_v1_kv_proto_msgTypes[17]
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1539,7 @@ func (x *PipelineRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineRequest.ProtoReflect.Descriptor instead.
 func (*PipelineRequest) Descriptor() ([]byte, []int) {
-	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{17}
+	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PipelineRequest) GetId() uint64 {
@@ -1425,7 +1569,7 @@ type PipelineResponse struct {
 
 func (x *PipelineResponse) Reset() {
 	*x = PipelineResponse{}
-	mi := &file_flux_kv_v1_kv_proto_msgTypes[18]
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1581,7 @@ func (x *PipelineResponse) String() string {
 func (*PipelineResponse) ProtoMessage() {}
 
 func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_kv_v1_kv_proto_msgTypes[18]
+	mi := &file_flux_kv_v1_kv_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1594,7 @@ func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
 func (*PipelineResponse) Descriptor() ([]byte, []int) {
-	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{18}
+	return file_flux_kv_v1_kv_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PipelineResponse) GetId() uint64 {
@@ -1556,14 +1700,26 @@ const file_flux_kv_v1_kv_proto_rawDesc = "" +
 	"\fScanResponse\x12*\n" +
 	"\x05items\x18\x01 \x03(\v2\x14.flux.kv.v1.KeyValueR\x05items\x12\x1f\n" +
 	"\vnext_cursor\x18\x02 \x01(\tR\n" +
-	"nextCursor\"\x97\x01\n" +
+	"nextCursor\"\xd1\x02\n" +
 	"\fWatchRequest\x12\"\n" +
 	"\x03key\x18\x01 \x01(\tB\x0e\xbaH\ar\x05 \x01(\x80\b\x88\x80\x19\x01H\x00R\x03key\x12\"\n" +
 	"\x06prefix\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bH\x00R\x06prefix\x12.\n" +
-	"\x0estart_revision\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rstartRevisionB\x0f\n" +
-	"\x06target\x12\x05\xbaH\x02\b\x01\"A\n" +
+	"\x0estart_revision\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rstartRevision\x12,\n" +
+	"\fresume_token\x18\x04 \x01(\tB\t\xbaH\x06r\x04(\x80\x80\x04R\vresumeToken:\x89\x01\xbaH\x85\x01\x1a\x82\x01\n" +
+	"\x15watch.start_exclusive\x122resume_token and start_revision cannot both be set\x1a5!(this.resume_token != '' && this.start_revision > 0)B\x0f\n" +
+	"\x06target\x12\x05\xbaH\x02\b\x01\"d\n" +
 	"\rWatchResponse\x120\n" +
-	"\x06events\x18\x01 \x03(\v2\x18.flux.cdc.v1.ChangeEventR\x06events\"^\n" +
+	"\x06events\x18\x01 \x03(\v2\x18.flux.cdc.v1.ChangeEventR\x06events\x12!\n" +
+	"\fresume_token\x18\x02 \x01(\tR\vresumeToken\"\x8f\x01\n" +
+	"\n" +
+	"WatchToken\x12C\n" +
+	"\trevisions\x18\x01 \x03(\v2%.flux.kv.v1.WatchToken.RevisionsEntryR\trevisions\x1a<\n" +
+	"\x0eRevisionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"R\n" +
+	"\x0eWatchCompacted\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12'\n" +
+	"\x0foldest_revision\x18\x02 \x01(\x03R\x0eoldestRevision\"^\n" +
 	"\x0fPipelineRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12;\n" +
 	"\toperation\x18\x02 \x01(\v2\x15.flux.kv.v1.OperationB\x06\xbaH\x03\xc8\x01\x01R\toperation\"W\n" +
@@ -1594,7 +1750,7 @@ func file_flux_kv_v1_kv_proto_rawDescGZIP() []byte {
 	return file_flux_kv_v1_kv_proto_rawDescData
 }
 
-var file_flux_kv_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_flux_kv_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_flux_kv_v1_kv_proto_goTypes = []any{
 	(*KeyValue)(nil),              // 0: flux.kv.v1.KeyValue
 	(*GetRequest)(nil),            // 1: flux.kv.v1.GetRequest
@@ -1613,19 +1769,22 @@ var file_flux_kv_v1_kv_proto_goTypes = []any{
 	(*ScanResponse)(nil),          // 14: flux.kv.v1.ScanResponse
 	(*WatchRequest)(nil),          // 15: flux.kv.v1.WatchRequest
 	(*WatchResponse)(nil),         // 16: flux.kv.v1.WatchResponse
-	(*PipelineRequest)(nil),       // 17: flux.kv.v1.PipelineRequest
-	(*PipelineResponse)(nil),      // 18: flux.kv.v1.PipelineResponse
-	(*durationpb.Duration)(nil),   // 19: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
-	(*validate.Violations)(nil),   // 21: buf.validate.Violations
-	(*v1.ChangeEvent)(nil),        // 22: flux.cdc.v1.ChangeEvent
+	(*WatchToken)(nil),            // 17: flux.kv.v1.WatchToken
+	(*WatchCompacted)(nil),        // 18: flux.kv.v1.WatchCompacted
+	(*PipelineRequest)(nil),       // 19: flux.kv.v1.PipelineRequest
+	(*PipelineResponse)(nil),      // 20: flux.kv.v1.PipelineResponse
+	nil,                           // 21: flux.kv.v1.WatchToken.RevisionsEntry
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*validate.Violations)(nil),   // 24: buf.validate.Violations
+	(*v1.ChangeEvent)(nil),        // 25: flux.cdc.v1.ChangeEvent
 }
 var file_flux_kv_v1_kv_proto_depIdxs = []int32{
-	19, // 0: flux.kv.v1.KeyValue.ttl:type_name -> google.protobuf.Duration
-	20, // 1: flux.kv.v1.KeyValue.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 2: flux.kv.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
-	20, // 3: flux.kv.v1.GetResponse.expire_time:type_name -> google.protobuf.Timestamp
-	19, // 4: flux.kv.v1.PutRequest.ttl:type_name -> google.protobuf.Duration
+	22, // 0: flux.kv.v1.KeyValue.ttl:type_name -> google.protobuf.Duration
+	23, // 1: flux.kv.v1.KeyValue.expire_time:type_name -> google.protobuf.Timestamp
+	22, // 2: flux.kv.v1.GetResponse.ttl:type_name -> google.protobuf.Duration
+	23, // 3: flux.kv.v1.GetResponse.expire_time:type_name -> google.protobuf.Timestamp
+	22, // 4: flux.kv.v1.PutRequest.ttl:type_name -> google.protobuf.Duration
 	0,  // 5: flux.kv.v1.PutResponse.previous:type_name -> flux.kv.v1.KeyValue
 	0,  // 6: flux.kv.v1.DeleteResponse.previous:type_name -> flux.kv.v1.KeyValue
 	1,  // 7: flux.kv.v1.Operation.get:type_name -> flux.kv.v1.GetRequest
@@ -1636,32 +1795,33 @@ var file_flux_kv_v1_kv_proto_depIdxs = []int32{
 	6,  // 12: flux.kv.v1.OperationResult.delete:type_name -> flux.kv.v1.DeleteResponse
 	10, // 13: flux.kv.v1.OperationResult.error:type_name -> flux.kv.v1.OperationError
 	7,  // 14: flux.kv.v1.OperationError.condition_failure:type_name -> flux.kv.v1.ConditionFailure
-	21, // 15: flux.kv.v1.OperationError.violations:type_name -> buf.validate.Violations
+	24, // 15: flux.kv.v1.OperationError.violations:type_name -> buf.validate.Violations
 	8,  // 16: flux.kv.v1.BatchRequest.operations:type_name -> flux.kv.v1.Operation
 	9,  // 17: flux.kv.v1.BatchResponse.results:type_name -> flux.kv.v1.OperationResult
 	0,  // 18: flux.kv.v1.ScanResponse.items:type_name -> flux.kv.v1.KeyValue
-	22, // 19: flux.kv.v1.WatchResponse.events:type_name -> flux.cdc.v1.ChangeEvent
-	8,  // 20: flux.kv.v1.PipelineRequest.operation:type_name -> flux.kv.v1.Operation
-	9,  // 21: flux.kv.v1.PipelineResponse.result:type_name -> flux.kv.v1.OperationResult
-	1,  // 22: flux.kv.v1.KVService.Get:input_type -> flux.kv.v1.GetRequest
-	3,  // 23: flux.kv.v1.KVService.Put:input_type -> flux.kv.v1.PutRequest
-	5,  // 24: flux.kv.v1.KVService.Delete:input_type -> flux.kv.v1.DeleteRequest
-	11, // 25: flux.kv.v1.KVService.Batch:input_type -> flux.kv.v1.BatchRequest
-	13, // 26: flux.kv.v1.KVService.Scan:input_type -> flux.kv.v1.ScanRequest
-	15, // 27: flux.kv.v1.KVService.Watch:input_type -> flux.kv.v1.WatchRequest
-	17, // 28: flux.kv.v1.KVService.Pipeline:input_type -> flux.kv.v1.PipelineRequest
-	2,  // 29: flux.kv.v1.KVService.Get:output_type -> flux.kv.v1.GetResponse
-	4,  // 30: flux.kv.v1.KVService.Put:output_type -> flux.kv.v1.PutResponse
-	6,  // 31: flux.kv.v1.KVService.Delete:output_type -> flux.kv.v1.DeleteResponse
-	12, // 32: flux.kv.v1.KVService.Batch:output_type -> flux.kv.v1.BatchResponse
-	14, // 33: flux.kv.v1.KVService.Scan:output_type -> flux.kv.v1.ScanResponse
-	16, // 34: flux.kv.v1.KVService.Watch:output_type -> flux.kv.v1.WatchResponse
-	18, // 35: flux.kv.v1.KVService.Pipeline:output_type -> flux.kv.v1.PipelineResponse
-	29, // [29:36] is the sub-list for method output_type
-	22, // [22:29] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	25, // 19: flux.kv.v1.WatchResponse.events:type_name -> flux.cdc.v1.ChangeEvent
+	21, // 20: flux.kv.v1.WatchToken.revisions:type_name -> flux.kv.v1.WatchToken.RevisionsEntry
+	8,  // 21: flux.kv.v1.PipelineRequest.operation:type_name -> flux.kv.v1.Operation
+	9,  // 22: flux.kv.v1.PipelineResponse.result:type_name -> flux.kv.v1.OperationResult
+	1,  // 23: flux.kv.v1.KVService.Get:input_type -> flux.kv.v1.GetRequest
+	3,  // 24: flux.kv.v1.KVService.Put:input_type -> flux.kv.v1.PutRequest
+	5,  // 25: flux.kv.v1.KVService.Delete:input_type -> flux.kv.v1.DeleteRequest
+	11, // 26: flux.kv.v1.KVService.Batch:input_type -> flux.kv.v1.BatchRequest
+	13, // 27: flux.kv.v1.KVService.Scan:input_type -> flux.kv.v1.ScanRequest
+	15, // 28: flux.kv.v1.KVService.Watch:input_type -> flux.kv.v1.WatchRequest
+	19, // 29: flux.kv.v1.KVService.Pipeline:input_type -> flux.kv.v1.PipelineRequest
+	2,  // 30: flux.kv.v1.KVService.Get:output_type -> flux.kv.v1.GetResponse
+	4,  // 31: flux.kv.v1.KVService.Put:output_type -> flux.kv.v1.PutResponse
+	6,  // 32: flux.kv.v1.KVService.Delete:output_type -> flux.kv.v1.DeleteResponse
+	12, // 33: flux.kv.v1.KVService.Batch:output_type -> flux.kv.v1.BatchResponse
+	14, // 34: flux.kv.v1.KVService.Scan:output_type -> flux.kv.v1.ScanResponse
+	16, // 35: flux.kv.v1.KVService.Watch:output_type -> flux.kv.v1.WatchResponse
+	20, // 36: flux.kv.v1.KVService.Pipeline:output_type -> flux.kv.v1.PipelineResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_flux_kv_v1_kv_proto_init() }
@@ -1699,7 +1859,7 @@ func file_flux_kv_v1_kv_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flux_kv_v1_kv_proto_rawDesc), len(file_flux_kv_v1_kv_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -71,9 +71,15 @@ type KVServiceClient interface {
 	// Scan lists keys that start with a prefix, in ascending byte order, one
 	// page at a time.
 	Scan(context.Context, *connect.Request[v1.ScanRequest]) (*connect.Response[v1.ScanResponse], error)
-	// Watch streams the changes to a key or to every key under a prefix,
-	// starting at start_revision. A start revision older than the oldest one
-	// the node still holds fails with FAILED_PRECONDITION.
+	// Watch streams the changes to a key or to every key under a prefix, in
+	// revision order per node. Sent to a node of a cluster, a prefix watch
+	// merges the streams of every member and a key watch follows the key's
+	// owner. Every response carries a resume_token: a new Watch given it
+	// continues right after that response, without gaps or duplicates,
+	// whichever node it reaches. A start older than the oldest change a node
+	// still holds fails with FAILED_PRECONDITION carrying a WatchCompacted
+	// detail; a member that is not live fails the watch with UNAVAILABLE; a
+	// client reading too slowly is cut off with RESOURCE_EXHAUSTED.
 	Watch(context.Context, *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error)
 	// Pipeline is the high-throughput path: the client streams operations
 	// tagged with ids of its choosing, and the server streams back one result
@@ -203,9 +209,15 @@ type KVServiceHandler interface {
 	// Scan lists keys that start with a prefix, in ascending byte order, one
 	// page at a time.
 	Scan(context.Context, *connect.Request[v1.ScanRequest]) (*connect.Response[v1.ScanResponse], error)
-	// Watch streams the changes to a key or to every key under a prefix,
-	// starting at start_revision. A start revision older than the oldest one
-	// the node still holds fails with FAILED_PRECONDITION.
+	// Watch streams the changes to a key or to every key under a prefix, in
+	// revision order per node. Sent to a node of a cluster, a prefix watch
+	// merges the streams of every member and a key watch follows the key's
+	// owner. Every response carries a resume_token: a new Watch given it
+	// continues right after that response, without gaps or duplicates,
+	// whichever node it reaches. A start older than the oldest change a node
+	// still holds fails with FAILED_PRECONDITION carrying a WatchCompacted
+	// detail; a member that is not live fails the watch with UNAVAILABLE; a
+	// client reading too slowly is cut off with RESOURCE_EXHAUSTED.
 	Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error
 	// Pipeline is the high-throughput path: the client streams operations
 	// tagged with ids of its choosing, and the server streams back one result
