@@ -61,8 +61,9 @@ type cluster struct {
 	mu    sync.Mutex
 	peers map[string]kvv1connect.KVServiceClient // by node id and address
 
-	stopc chan struct{}
-	donec chan struct{}
+	closeOnce sync.Once
+	stopc     chan struct{}
+	donec     chan struct{}
 }
 
 // view is the ring and the etcd revision of the members it was built from.
@@ -156,7 +157,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 	following = true
 	go c.follow(changed)
 	if holdsData {
-		if err := c.markData(ctx); err != nil {
+		if err := c.markData(ctx, ""); err != nil {
 			return nil, err
 		}
 	}
@@ -173,23 +174,25 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 }
 
 // markData makes sure etcd records that the cluster holds data before this
-// node applies a write, so no new member joins and takes over keys whose
-// values stay here. It costs one etcd transaction per node lifetime. If a
-// member joined since this node's ring was built, the write is refused as
-// not executed: the ring may send the key elsewhere now.
-func (c *cluster) markData(ctx context.Context) error {
+// node applies a write to key ("" for none), so no new member joins and
+// takes over keys whose values stay here. It costs one etcd transaction per
+// node lifetime: once recorded, joins are refused, so the ring no longer
+// changes under writes. The transaction succeeds only if no member joined
+// after the view the node checks key's owner against; if key is not this
+// node's under that view, the write is refused as not executed.
+func (c *cluster) markData(ctx context.Context, key string) error {
 	if c.marked.Load() {
 		return nil
 	}
 	c.markMu.Lock()
 	defer c.markMu.Unlock()
-	if c.marked.Load() || c.watcher.Snapshot().HoldsData {
-		c.marked.Store(true)
+	if c.marked.Load() {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	err := discovery.MarkData(ctx, c.client, c.self, c.view.Load().rev)
+	v := c.view.Load()
+	err := discovery.MarkData(ctx, c.client, c.self, v.rev)
 	switch {
 	case errors.Is(err, discovery.ErrMembersChanged):
 		return coord.NotExecuted(coord.ReasonNotReady, c.self, fmt.Errorf("node %s: the cluster's members are changing; retry", c.self))
@@ -197,6 +200,11 @@ func (c *cluster) markData(ctx context.Context) error {
 		return coord.NotExecuted(coord.ReasonNotReady, c.self, fmt.Errorf("node %s cannot accept the cluster's first write: %w", c.self, err))
 	}
 	c.marked.Store(true)
+	// The owner was chosen before, perhaps with an older view.
+	if key != "" && v.ring.Owner(key) != c.self {
+		owner := v.ring.Owner(key)
+		return coord.NotExecuted(coord.ReasonNotOwner, c.self, fmt.Errorf("node %s: key belongs to node %s now that the members changed; retry", c.self, owner))
+	}
 	return nil
 }
 
@@ -220,6 +228,12 @@ func (c *cluster) follow(changed <-chan struct{}) {
 func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 	ids := snap.MemberIDs()
 	if v := c.view.Load(); v != nil && slices.Equal(v.ring.Members(), ids) {
+		// Same ring, newer revision: a member removed and added again
+		// under its id must not leave markData comparing against the
+		// revision before that.
+		if snap.Revision > v.rev {
+			c.view.Store(&view{ring: v.ring, rev: snap.Revision})
+		}
 		return nil
 	}
 	r, err := ring.New(ids)
@@ -293,8 +307,16 @@ func (c *cluster) deregister(ctx context.Context) error {
 	return c.reg.Close(ctx)
 }
 
-// close stops watching the cluster and releases the connections.
+// close stops watching the cluster and releases the connections. The last
+// view stays, so calls still running route as before (a write that needs
+// etcd is refused as not executed). It is idempotent.
 func (c *cluster) close() error {
+	var err error
+	c.closeOnce.Do(func() { err = c.closeNow() })
+	return err
+}
+
+func (c *cluster) closeNow() error {
 	close(c.stopc)
 	<-c.donec
 	c.watcher.Close()

@@ -74,7 +74,7 @@ func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]
 		}
 		return connect.NewResponse(resp.Msg), nil
 	}
-	if err := h.reserve(ctx); err != nil {
+	if err := h.reserve(ctx, req.Msg.GetKey()); err != nil {
 		return nil, err
 	}
 	resp, err := h.put(req.Msg)
@@ -98,7 +98,7 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 		}
 		return connect.NewResponse(resp.Msg), nil
 	}
-	if err := h.reserve(ctx); err != nil {
+	if err := h.reserve(ctx, req.Msg.GetKey()); err != nil {
 		return nil, err
 	}
 	resp, err := h.delete(req.Msg)
@@ -273,13 +273,14 @@ func (h *handler) reserveFor(ctx context.Context, op *kvv1.Operation) error {
 	if op.GetGet() != nil {
 		return nil
 	}
-	return h.reserve(ctx)
+	return h.reserve(ctx, coord.OperationKey(op))
 }
 
-// reserve prepares this node to apply a write: the cluster records that it
-// holds data, and the log makes room. The error is the call's answer.
-func (h *handler) reserve(ctx context.Context) error {
-	if err := h.router.beforeWrite(ctx); err != nil {
+// reserve prepares this node to apply a write to key: the cluster records
+// that it holds data, and the log makes room. The error is the call's
+// answer.
+func (h *handler) reserve(ctx context.Context, key string) error {
+	if err := h.router.beforeWrite(ctx, key); err != nil {
 		return err
 	}
 	if err := h.dur.Reserve(ctx); err != nil {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"buf.build/go/protovalidate"
@@ -160,6 +161,7 @@ type Node struct {
 	admin    *rpcserver.Server
 
 	errc         chan error // serve errors from either listener
+	apiServing   atomic.Bool
 	shutdownOnce sync.Once
 	shutdownErr  error
 	donec        chan struct{}
@@ -291,6 +293,7 @@ func (n *Node) Start(ctx context.Context) error {
 		n.router.join(c)
 	}
 	n.serve(n.api)
+	n.apiServing.Store(true)
 	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusServing)
 	n.cfg.Logger.Info("node serving",
 		slog.String("node_id", n.cfg.NodeID),
@@ -347,7 +350,11 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
 		}
 		dcancel()
-		if err := n.api.Shutdown(ctx); err != nil {
+		if !n.apiServing.Load() {
+			// Start failed before serving: Shutdown of a server that never
+			// served would leave the listener open.
+			n.api.Close()
+		} else if err := n.api.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
 		if err := n.router.leave(); err != nil {

@@ -64,19 +64,22 @@ func (r *router) drain() {
 	}
 }
 
-// leave stops routing; call it once the API has drained.
+// leave stops following the cluster; call it once the API has drained.
+// Calls that outlived the drain keep routing by the last ring: falling back
+// to serving every key here would write keys other nodes own.
 func (r *router) leave() error {
-	if c := r.cluster.Swap(nil); c != nil {
+	if c := r.cluster.Load(); c != nil {
 		return c.close()
 	}
 	return nil
 }
 
-// beforeWrite is called before the node applies a write to its own store:
-// a clustered node makes sure etcd records that the cluster holds data.
-func (r *router) beforeWrite(ctx context.Context) error {
+// beforeWrite is called before the node applies a write to key in its own
+// store: a clustered node makes sure etcd records that the cluster holds
+// data.
+func (r *router) beforeWrite(ctx context.Context, key string) error {
 	if c := r.cluster.Load(); c != nil {
-		return c.markData(ctx)
+		return c.markData(ctx, key)
 	}
 	return nil
 }
@@ -286,15 +289,24 @@ func (h *handler) coordinateScan(ctx context.Context, c *cluster, msg *kvv1.Scan
 	pages := make([]*kvv1.ScanResponse, len(members))
 	errs := make([]error, len(members))
 	var wg sync.WaitGroup
+	// Every member must be live before any is asked.
+	clients := make([]kvv1connect.KVServiceClient, len(members))
 	for i, id := range members {
 		if id == h.router.self {
-			pages[i], errs[i] = h.scanLocal(msg, limit)
 			continue
 		}
 		client, err := c.peer(id)
 		if err != nil {
 			return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, fmt.Errorf("scan needs every node, and node %s is not live", id))
 		}
+		clients[i] = client
+	}
+	for i, id := range members {
+		if id == h.router.self {
+			pages[i], errs[i] = h.scanLocal(msg, limit)
+			continue
+		}
+		client := clients[i]
 		wg.Go(func() {
 			resp, err := client.Scan(ctx, forward(h.router.self, msg))
 			if err != nil {
