@@ -1,5 +1,7 @@
-// Command flux is the single Flux-KV binary: `flux node` runs a node, and
-// `flux get|put|del|scan|health` are the command-line client.
+// Command flux is the single Flux-KV binary: `flux node` runs a node, `flux
+// dev` a whole cluster in one process, `flux get|put|del|scan|watch|health`
+// and `flux cluster` are the command-line client, and `flux cdc tail`
+// consumes the change events nodes publish to RabbitMQ.
 //
 // Exit codes: 0 success; 1 the key was not found, a condition did not hold,
 // or the target is not serving; 2 a usage, connection or server error.
