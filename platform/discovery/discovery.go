@@ -16,6 +16,7 @@ package discovery
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ const (
 	Prefix         = "/flux/"
 	MembersPrefix  = Prefix + "members/"
 	ServicesPrefix = Prefix + "services/"
+	GatewaysPrefix = Prefix + "gateways/"
 	// DataKey exists once any node of the cluster has accepted a write. A
 	// node records it before it applies its first write, and a new member
 	// may join only while it is absent: until data moves with its keys,
@@ -58,6 +60,7 @@ func InstanceKey(service, id string) string { return ServicesPrefix + service + 
 type Snapshot struct {
 	Revision  int64
 	HoldsData bool                           // DataKey exists
+	Gateways  map[string]Instance            // live gateways, by id
 	Members   map[string]Member              // by id
 	Instances map[string]map[string]Instance // by service, then instance id
 }
@@ -97,7 +100,7 @@ func (s *Snapshot) Services() []string {
 }
 
 func (s *Snapshot) clone() *Snapshot {
-	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
+	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Gateways: maps.Clone(s.Gateways), Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
 	for id, m := range s.Members {
 		c.Members[id] = m
 	}
@@ -118,6 +121,21 @@ func (s *Snapshot) apply(key string, value []byte) error {
 	switch {
 	case key == DataKey:
 		s.HoldsData = value != nil
+	case strings.HasPrefix(key, GatewaysPrefix):
+		id := strings.TrimPrefix(key, GatewaysPrefix)
+		if value == nil {
+			delete(s.Gateways, id)
+			return nil
+		}
+		var inst Instance
+		if err := json.Unmarshal(value, &inst); err != nil {
+			return fmt.Errorf("gateway %s: %w", key, err)
+		}
+		inst.ID = id
+		if s.Gateways == nil {
+			s.Gateways = map[string]Instance{}
+		}
+		s.Gateways[id] = inst
 	case strings.HasPrefix(key, MembersPrefix):
 		id := strings.TrimPrefix(key, MembersPrefix)
 		if value == nil {

@@ -52,13 +52,24 @@ func WithLogger(l *slog.Logger) RegisterOption { return func(r *Registration) { 
 // and keeps it there until Close. It fails if the first registration does
 // not succeed before ctx ends.
 func Register(ctx context.Context, client *clientv3.Client, service string, inst Instance, opts ...RegisterOption) (*Registration, error) {
+	return register(ctx, client, InstanceKey(service, inst.ID), inst, opts...)
+}
+
+// RegisterGateway puts a gateway under /flux/gateways/<inst.ID> with a lease,
+// like Register: gateways see how many of them are live (to share a global
+// rate limit) without being taken for services to proxy.
+func RegisterGateway(ctx context.Context, client *clientv3.Client, inst Instance, opts ...RegisterOption) (*Registration, error) {
+	return register(ctx, client, GatewaysPrefix+inst.ID, inst, opts...)
+}
+
+func register(ctx context.Context, client *clientv3.Client, key string, inst Instance, opts ...RegisterOption) (*Registration, error) {
 	value, err := json.Marshal(inst)
 	if err != nil {
 		return nil, err
 	}
 	r := &Registration{
 		client: client,
-		key:    InstanceKey(service, inst.ID),
+		key:    key,
 		value:  string(value),
 		ttl:    DefaultTTL,
 		logger: slog.Default(),

@@ -1,88 +1,116 @@
-// Package telemetry holds the instrumentation shared by Flux-KV's servers:
-// Prometheus metrics for every RPC, recorded by a Connect interceptor.
+// Package telemetry holds the instrumentation shared by Flux-KV's servers and
+// the gateway: Prometheus metrics for every RPC (RPCMetrics), OpenTelemetry
+// tracing with W3C propagation (Tracing) and an asynchronous access log
+// (AccessLog), each installed as a Connect interceptor and, for the access
+// log, an HTTP middleware.
+//
+// On a handler, interceptors go in this order, so that the later ones see the
+// span and the access log records the code the metrics record:
+//
+//	connect.WithInterceptors(tracing.Interceptor(), accessLog.Interceptor(), rpcMetrics, ...)
 package telemetry
 
 import (
 	"context"
 	"errors"
-	"time"
+	"net/http"
+	"strconv"
+	"strings"
 
 	"connectrpc.com/connect"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-// RPCMetrics is a Connect interceptor that counts handled RPCs by procedure and
-// code and observes their duration. For streams, the duration is the stream's
-// lifetime and the code is the one it ended with.
-type RPCMetrics struct {
-	requests *prometheus.CounterVec
-	duration *prometheus.HistogramVec
-}
+// codeOK is the code label of a call that succeeded; Connect has no name for it.
+const codeOK = "ok"
 
-var _ connect.Interceptor = (*RPCMetrics)(nil)
-
-// NewRPCMetrics creates the metrics and registers them with reg. It fails if
-// reg already holds metrics of the same names.
-func NewRPCMetrics(reg prometheus.Registerer) (*RPCMetrics, error) {
-	m := &RPCMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flux_rpc_handled_total",
-			Help: "RPCs completed by the server, by procedure and status code (ok for success).",
-		}, []string{"procedure", "code"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "flux_rpc_handling_seconds",
-			Help:    "Time from receiving an RPC to completing it; for streams, the stream's lifetime.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5, 30},
-		}, []string{"procedure"}),
-	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
-// WrapUnary implements connect.Interceptor.
-func (m *RPCMetrics) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
-		start := time.Now()
-		resp, err := next(ctx, req)
-		m.observe(req.Spec().Procedure, start, err)
-		return resp, err
-	}
-}
-
-// WrapStreamingClient implements connect.Interceptor; clients are not measured.
-func (m *RPCMetrics) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-
-// WrapStreamingHandler implements connect.Interceptor.
-func (m *RPCMetrics) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		start := time.Now()
-		err := next(ctx, conn)
-		m.observe(conn.Spec().Procedure, start, err)
-		return err
-	}
-}
-
-func (m *RPCMetrics) observe(procedure string, start time.Time, err error) {
-	m.duration.WithLabelValues(procedure).Observe(time.Since(start).Seconds())
-	m.requests.WithLabelValues(procedure, codeOf(err)).Inc()
-}
-
+// codeOf returns the status code err puts on the wire, in Connect's
+// snake_case spelling: errors other than *connect.Error are sent as Unknown,
+// except the context's, which Connect sends as Canceled or DeadlineExceeded.
 func codeOf(err error) string {
 	if err == nil {
-		return "ok"
+		return codeOK
 	}
 	var connectErr *connect.Error
-	if errors.As(err, &connectErr) {
+	switch {
+	case errors.As(err, &connectErr):
 		return connectErr.Code().String()
+	case errors.Is(err, context.Canceled):
+		return connect.CodeCanceled.String()
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.CodeDeadlineExceeded.String()
+	default:
+		return connect.CodeUnknown.String()
 	}
-	return connect.CodeUnknown.String()
+}
+
+// splitProcedure splits "/pkg.Service/Method" into its service and method.
+func splitProcedure(procedure string) (service, method string) {
+	service, method, ok := strings.Cut(strings.TrimPrefix(procedure, "/"), "/")
+	if !ok {
+		return "", procedure
+	}
+	return service, method
+}
+
+// protocolOf names the RPC protocol of a request by its headers, for requests
+// that no Connect handler saw; "http" when it is none of them.
+func protocolOf(r *http.Request) string {
+	contentType := r.Header.Get("Content-Type")
+	switch {
+	case strings.HasPrefix(contentType, "application/grpc-web"):
+		return connect.ProtocolGRPCWeb
+	case strings.HasPrefix(contentType, "application/grpc"):
+		return connect.ProtocolGRPC
+	case strings.HasPrefix(contentType, "application/connect+"), r.Header.Get("Connect-Protocol-Version") != "":
+		return connect.ProtocolConnect
+	default:
+		return "http"
+	}
+}
+
+// codeOfResponse reads the status code of a response that no Connect handler
+// wrote. gRPC and gRPC-Web carry it in Grpc-Status (a header for
+// trailers-only responses, else a trailer); otherwise the HTTP status stands
+// for the code Connect would have sent it with.
+func codeOfResponse(header http.Header, status int) string {
+	grpcStatus := header.Get("Grpc-Status")
+	if values := header[http.TrailerPrefix+"Grpc-Status"]; grpcStatus == "" && len(values) > 0 {
+		grpcStatus = values[0]
+	}
+	if grpcStatus != "" {
+		n, err := strconv.Atoi(grpcStatus)
+		switch {
+		case err != nil || n < 0:
+			return connect.CodeUnknown.String()
+		case n == 0:
+			return codeOK
+		default:
+			return connect.Code(n).String()
+		}
+	}
+	switch {
+	case status >= 200 && status < 300:
+		return codeOK
+	case status == http.StatusBadRequest:
+		return connect.CodeInvalidArgument.String()
+	case status == http.StatusUnauthorized:
+		return connect.CodeUnauthenticated.String()
+	case status == http.StatusForbidden:
+		return connect.CodePermissionDenied.String()
+	case status == http.StatusNotFound, status == http.StatusMethodNotAllowed, status == http.StatusNotImplemented,
+		status == http.StatusUnsupportedMediaType:
+		// An unknown route or a request the RPC handler cannot take: what a
+		// client of any of the protocols reports as Unimplemented.
+		return connect.CodeUnimplemented.String()
+	case status == http.StatusRequestEntityTooLarge, status == http.StatusTooManyRequests:
+		return connect.CodeResourceExhausted.String()
+	case status == http.StatusServiceUnavailable, status == http.StatusBadGateway:
+		return connect.CodeUnavailable.String()
+	case status == http.StatusGatewayTimeout:
+		return connect.CodeDeadlineExceeded.String()
+	case status == http.StatusInternalServerError:
+		return connect.CodeInternal.String()
+	default:
+		return connect.CodeUnknown.String()
+	}
 }

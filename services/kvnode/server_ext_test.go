@@ -121,7 +121,7 @@ func TestAdminEndpoints(t *testing.T) {
 		want string
 	}{
 		{"/healthz", "ok"},
-		{"/metrics", `flux_rpc_handled_total{code="ok",procedure="/flux.kv.v1.KVService/Put"} 1`},
+		{"/metrics", `flux_rpc_handled_total{code="ok",method="Put",service="flux.kv.v1.KVService"} 1`},
 		{"/metrics", "flux_store_keys 1"},
 		{"/debug/pprof/", "goroutine"},
 	}
