@@ -9,6 +9,7 @@ import (
 
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
+	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -23,6 +24,8 @@ func devCommand() *command {
 		appendFsync = "everysec"
 		amqpURL     string
 		cdcQueue    string
+		gwListen    = gateway.DefaultListen
+		gwAdmin     = gateway.DefaultAdminListen
 		logLevel    slog.Level
 	)
 	fs.StringVar(&dataDir, "data-dir", dataDir, "`directory` holding etcd's and every node's data; running again recovers it")
@@ -33,6 +36,8 @@ func devCommand() *command {
 	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "fsync `policy` of every node: always, everysec or no")
 	fs.StringVar(&amqpURL, "amqp-url", "", "RabbitMQ `URL` every node publishes its changes to (flux.cdc exchange); empty turns CDC off")
 	fs.StringVar(&cdcQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange")
+	fs.StringVar(&gwListen, "gateway-listen", gwListen, "`host:port` of the gateway in front of the nodes")
+	fs.StringVar(&gwAdmin, "gateway-admin-listen", gwAdmin, "`host:port` of the gateway's admin port")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
 	c := &command{
 		name:    "dev",
@@ -51,7 +56,7 @@ func devCommand() *command {
 			return usageError(env, c.name, "--appendfsync: %v", err)
 		}
 		logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
-		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy, amqpURL, cdcQueue})
+		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy, amqpURL, cdcQueue, gwListen, gwAdmin})
 	}
 	return c
 }
@@ -65,6 +70,8 @@ type devConfig struct {
 	policy     changelog.Policy
 	amqpURL    string
 	cdcQueue   string
+	gwListen   string
+	gwAdmin    string
 }
 
 func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
@@ -110,7 +117,31 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 			return exitError
 		}
 	}
+	gw, err := gateway.New(gateway.Config{
+		ID: "gateway", Listen: cfg.gwListen, AdminListen: cfg.gwAdmin, Etcd: []string{etcd.ClientURL()},
+		Logger:   logger.With(slog.String("node", "gateway")),
+		Policies: gateway.Policies{Singleflight: true},
+	})
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux dev: gateway: %v\n", err)
+		return exitError
+	}
+	// The gateway goes first at shutdown: it stops taking calls before the
+	// nodes behind it leave.
+	defer func() {
+		if err := gw.Shutdown(context.Background()); err != nil {
+			logger.Error("gateway shutdown", slog.Any("error", err))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(env.ctx, 30*time.Second)
+	err = gw.Start(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux dev: gateway: %v\n", err)
+		return exitError
+	}
 	fmt.Fprintf(env.stdout, "Flux-KV dev cluster is up (data in %s)\n", cfg.dataDir)
+	fmt.Fprintf(env.stdout, "  gateway  %s   admin %s\n", gw.APIURL(), gw.AdminURL())
 	fmt.Fprintf(env.stdout, "  etcd     %s\n", etcd.ClientURL())
 	for i, node := range running {
 		fmt.Fprintf(env.stdout, "  node-%d   %s   admin %s\n", i+1, node.APIURL(), node.AdminURL())
@@ -118,7 +149,7 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 	if cfg.amqpURL != "" {
 		fmt.Fprintf(env.stdout, "  cdc      every change goes to RabbitMQ exchange flux.cdc; try: flux cdc tail\n")
 	}
-	fmt.Fprintf(env.stdout, "Any node answers any key: export FLUX_ENDPOINT=%s\nCtrl-C stops everything; running flux dev again recovers the data.\n", running[0].APIURL())
+	fmt.Fprintf(env.stdout, "The CLI reaches the gateway by default (%s); any node also answers any key.\nCtrl-C stops everything; running flux dev again recovers the data.\n", gw.APIURL())
 	<-env.ctx.Done()
 	logger.Info("shutting down the dev cluster")
 	return exitOK

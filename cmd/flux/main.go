@@ -43,6 +43,7 @@ func commands() []*command {
 	return []*command{
 		devCommand(),
 		nodeCommand(),
+		gatewayCommand(),
 		getCommand(),
 		putCommand(),
 		delCommand(),

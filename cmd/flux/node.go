@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -18,8 +20,8 @@ func nodeCommand() *command {
 		cfg         kvnode.Config
 		cors        = stringList{"*"}
 		etcd        stringList
-		logLevel    slog.Level
-		logFormat   = "text"
+		logs        logFlags
+		observe     observeFlags
 		appendFsync = "everysec"
 	)
 	cfg.AppendOnly = true
@@ -41,8 +43,8 @@ func nodeCommand() *command {
 	fs.StringVar(&cfg.CDCQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange, so changes accumulate while no consumer runs")
 	fs.Int64Var(&cfg.CDCMaxLag, "cdc-max-lag", 100000, "log an error while the CDC relay is more than this many `revisions` behind (0: never)")
 	fs.DurationVar(&cfg.CDCMaxLagAge, "cdc-max-lag-age", time.Minute, "log an error while the oldest change not yet confirmed by RabbitMQ is older than this `duration` (0: never)")
-	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
-	fs.StringVar(&logFormat, "log-format", logFormat, "log `format`: text or json")
+	observe.register(fs)
+	logs.register(fs)
 
 	c := &command{
 		name:    "node",
@@ -53,15 +55,11 @@ func nodeCommand() *command {
 		if len(args) > 0 {
 			return usageError(env, c.name, "unexpected arguments %q", args)
 		}
-		opts := &slog.HandlerOptions{Level: logLevel}
-		switch logFormat {
-		case "text":
-			cfg.Logger = slog.New(slog.NewTextHandler(env.stderr, opts))
-		case "json":
-			cfg.Logger = slog.New(slog.NewJSONHandler(env.stderr, opts))
-		default:
-			return usageError(env, c.name, "--log-format %q: use text or json", logFormat)
+		logger, err := logs.logger(env)
+		if err != nil {
+			return usageError(env, c.name, "%v", err)
 		}
+		cfg.Logger = logger
 		policy, err := changelog.ParsePolicy(appendFsync)
 		if err != nil {
 			return usageError(env, c.name, "--appendfsync: %v", err)
@@ -69,13 +67,27 @@ func nodeCommand() *command {
 		cfg.AppendFsync = policy
 		cfg.CORSOrigins = cors
 		cfg.Etcd = etcd
-		return runNode(env, cfg)
+		return runNode(env, cfg, &observe)
 	}
 	return c
 }
 
-func runNode(env *environment, cfg kvnode.Config) int {
+func runNode(env *environment, cfg kvnode.Config, observe *observeFlags) int {
 	cfg.Logger.Info("starting flux node", slog.String("version", buildinfo.String()))
+	cfg.Registry = prometheus.NewRegistry()
+	obs, err := observe.build(env.ctx, "flux-node", cfg.NodeID, cfg.Logger, cfg.Registry)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
+		return exitError
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := obs.close(ctx); err != nil {
+			cfg.Logger.Warn("flushing traces and the access log", slog.Any("error", err))
+		}
+	}()
+	cfg.Interceptors, cfg.ClientInterceptors, cfg.Middleware = obs.interceptors(), obs.clientInterceptors(), obs.middleware()
 	node, err := kvnode.New(cfg)
 	if err != nil {
 		fmt.Fprintf(env.stderr, "flux node: %v\n", err)

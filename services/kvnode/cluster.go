@@ -52,6 +52,8 @@ type cluster struct {
 	view    atomic.Pointer[view]
 	http    *http.Client
 	logger  *slog.Logger
+	// clientInterceptors run on calls to peers (tracing).
+	clientInterceptors []connect.Interceptor
 
 	// marked is set once etcd records that the cluster holds data, after
 	// which writes need no etcd round trip.
@@ -100,10 +102,11 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 			DialContext: (&net.Dialer{Timeout: peerDialTimeout}).DialContext,
 			HTTP2:       &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
 		}},
-		logger: cfg.Logger,
-		peers:  map[string]kvv1connect.KVServiceClient{},
-		stopc:  make(chan struct{}),
-		donec:  make(chan struct{}),
+		logger:             cfg.Logger,
+		clientInterceptors: cfg.ClientInterceptors,
+		peers:              map[string]kvv1connect.KVServiceClient{},
+		stopc:              make(chan struct{}),
+		donec:              make(chan struct{}),
 	}
 	var added, following bool
 	defer func() {
@@ -271,7 +274,7 @@ func (c *cluster) peer(id string) (kvv1connect.KVServiceClient, error) {
 	client, ok := c.peers[key]
 	if !ok {
 		client = kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address,
-			connect.WithGRPC(), connect.WithInterceptors(peerInterceptor(id, inst.Address)))
+			connect.WithGRPC(), connect.WithInterceptors(append(slices.Clone(c.clientInterceptors), peerInterceptor(id, inst.Address))...))
 		c.peers[key] = client
 	}
 	return client, nil

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +92,15 @@ type Config struct {
 	CDCQueue     string        // durable queue to declare and bind to the flux.cdc exchange; empty declares none
 	CDCMaxLag    int64         // log loudly when the relay is this many revisions behind (0: no bound)
 	CDCMaxLagAge time.Duration // ... or its oldest unconfirmed event is this old (0: no bound)
+
+	// Interceptors run on every API call before the node's own (tracing and
+	// the access log go here); ClientInterceptors on calls to peers.
+	Interceptors       []connect.Interceptor
+	ClientInterceptors []connect.Interceptor
+	// Middleware wraps the API port's handler, outermost first.
+	Middleware []func(http.Handler) http.Handler
+	// Registry receives the node's metrics; nil creates one.
+	Registry *prometheus.Registry
 }
 
 func (c *Config) setDefaults() error {
@@ -189,7 +199,10 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 	}()
 
-	registry := prometheus.NewRegistry()
+	registry := cfg.Registry
+	if registry == nil {
+		registry = prometheus.NewRegistry()
+	}
 	n.registry = registry
 	if err := n.openStore(registry); err != nil {
 		return nil, err
@@ -243,7 +256,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
 		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
-		connect.WithInterceptors(rpcMetrics, validation),
+		connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, validation)...),
 		connect.WithReadMaxBytes(maxMessage),
 		// Compressing the small messages most calls carry costs more CPU than
 		// it saves bytes (gzip set-up dominated profiles of Put).
@@ -260,6 +273,9 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	var h http.Handler = mux
 	h = rpcserver.LimitRequestBodies(h, int64(maxMessage)+messageOverhead, serviceDesc)
 	h = rpcserver.CORS(h, n.cfg.CORSOrigins)
+	for i := len(n.cfg.Middleware) - 1; i >= 0; i-- {
+		h = n.cfg.Middleware[i](h)
+	}
 	return h, nil
 }
 

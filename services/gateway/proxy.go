@@ -1,0 +1,401 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	routingv1 "github.com/fluxkv/fluxkv/gen/flux/routing/v1"
+)
+
+// method is one method the gateway serves, with what routing and the
+// policies need to know about it.
+type method struct {
+	procedure   string
+	service     string
+	desc        protoreflect.MethodDescriptor
+	shardKey    protoreflect.FieldDescriptor // nil when the input has none
+	idempotency descriptorpb.MethodOptions_IdempotencyLevel
+	handler     http.Handler
+}
+
+// newMethod describes md and builds the Connect handler that proxies it.
+func (g *Gateway) newMethod(md protoreflect.MethodDescriptor) *method {
+	svc := md.Parent().(protoreflect.ServiceDescriptor)
+	m := &method{
+		procedure: "/" + string(svc.FullName()) + "/" + string(md.Name()),
+		service:   string(svc.FullName()),
+		desc:      md,
+		shardKey:  shardKeyField(md.Input()),
+	}
+	if opts, ok := md.Options().(*descriptorpb.MethodOptions); ok && opts != nil {
+		m.idempotency = opts.GetIdempotencyLevel()
+	}
+	init := func(desc protoreflect.MessageDescriptor) func(connect.Spec, any) error {
+		return func(_ connect.Spec, msg any) error {
+			dm, ok := msg.(*dynamicpb.Message)
+			if !ok {
+				return fmt.Errorf("gateway: unexpected message type %T", msg)
+			}
+			*dm = *dynamicpb.NewMessage(desc)
+			return nil
+		}
+	}
+	opts := append([]connect.HandlerOption{
+		connect.WithSchema(md),
+		connect.WithRequestInitializer(init(md.Input())),
+		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
+		connect.WithCompressMinBytes(compressMinBytes),
+	}, g.handlerOptions...)
+	switch {
+	case md.IsStreamingClient() && md.IsStreamingServer():
+		m.handler = connect.NewBidiStreamHandler(m.procedure, g.bidi(m), opts...)
+	case md.IsStreamingClient():
+		m.handler = connect.NewClientStreamHandler(m.procedure, g.clientStream(m), opts...)
+	case md.IsStreamingServer():
+		m.handler = connect.NewServerStreamHandler(m.procedure, g.serverStream(m), opts...)
+	default:
+		m.handler = connect.NewUnaryHandler(m.procedure, g.unary(m), opts...)
+		// A unary body is one message: cap it before anything is read.
+		m.handler = http.MaxBytesHandler(m.handler, int64(g.cfg.MaxMessageBytes)+bodyOverhead)
+	}
+	return m
+}
+
+// shardKeyField returns the field of msg marked (flux.routing.v1.shard_key),
+// if any.
+func shardKeyField(msg protoreflect.MessageDescriptor) protoreflect.FieldDescriptor {
+	fields := msg.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		opts, ok := fd.Options().(*descriptorpb.FieldOptions)
+		if !ok || opts == nil || fd.IsList() || fd.IsMap() || fd.Message() != nil {
+			continue
+		}
+		if on, _ := proto.GetExtension(opts, routingv1.E_ShardKey).(bool); on {
+			return fd
+		}
+	}
+	return nil
+}
+
+// shardKey returns the routing key of a request, if the method has a shard
+// key field and the request sets it.
+func (m *method) shardKeyOf(msg *dynamicpb.Message) (string, bool) {
+	if m.shardKey == nil || !msg.Has(m.shardKey) {
+		return "", false
+	}
+	v := msg.Get(m.shardKey)
+	if m.shardKey.Kind() == protoreflect.BytesKind {
+		return string(v.Bytes()), true
+	}
+	return v.String(), true
+}
+
+// retryable says whether a call may be sent again after Unavailable: only
+// methods declared free of side effects or idempotent.
+func (m *method) retryable() bool {
+	return m.idempotency == descriptorpb.MethodOptions_NO_SIDE_EFFECTS ||
+		m.idempotency == descriptorpb.MethodOptions_IDEMPOTENT
+}
+
+func (g *Gateway) unary(m *method) func(context.Context, *connect.Request[dynamicpb.Message]) (*connect.Response[dynamicpb.Message], error) {
+	return func(ctx context.Context, req *connect.Request[dynamicpb.Message]) (*connect.Response[dynamicpb.Message], error) {
+		ctx, cancel := g.withDefaultTimeout(ctx)
+		defer cancel()
+		call := func(ctx context.Context) (*connect.Response[dynamicpb.Message], error) {
+			return g.callUnary(ctx, m, req)
+		}
+		if m.idempotency != descriptorpb.MethodOptions_NO_SIDE_EFFECTS || g.flight == nil {
+			return call(ctx)
+		}
+		key, ok := flightKey(m, req)
+		if !ok {
+			return call(ctx)
+		}
+		v, shared, err := g.flight.Do(ctx, key, func(ctx context.Context) (any, error) { return call(ctx) })
+		if err != nil {
+			return nil, err
+		}
+		resp := v.(*connect.Response[dynamicpb.Message])
+		if !shared {
+			return resp, nil
+		}
+		// Every caller gets its own copy: the response is written by each
+		// caller's handler, concurrently.
+		out := connect.NewResponse(proto.Clone(resp.Msg).(*dynamicpb.Message))
+		copyHeaders(out.Header(), resp.Header())
+		copyHeaders(out.Trailer(), resp.Trailer())
+		return out, nil
+	}
+}
+
+// flightKey identifies identical requests: the procedure, the request's
+// deterministic encoding and the headers that could change the answer.
+func flightKey(m *method, req *connect.Request[dynamicpb.Message]) (string, bool) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req.Msg)
+	if err != nil {
+		return "", false
+	}
+	var sb strings.Builder
+	sb.WriteString(m.procedure)
+	sb.WriteByte(0)
+	sb.Write(b)
+	for _, h := range []string{"Authorization", "Flux-Api-Key"} {
+		sb.WriteByte(0)
+		sb.WriteString(req.Header().Get(h))
+	}
+	return sb.String(), true
+}
+
+// callUnary sends a unary call to the instance routing picks, and once more
+// to another instance when the method allows a retry and the first one was
+// unavailable.
+func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request[dynamicpb.Message]) (*connect.Response[dynamicpb.Message], error) {
+	var (
+		tried   []string
+		lastErr error
+	)
+	for attempt := 0; ; attempt++ {
+		b, err := g.route(m, req.Msg, tried)
+		if err != nil {
+			if lastErr != nil {
+				// Nowhere else to go: the first failure says more.
+				return nil, lastErr
+			}
+			return nil, err
+		}
+		tried = append(tried, b.id)
+		out := connect.NewRequest(req.Msg)
+		copyRequestHeaders(out.Header(), req.Header())
+		var resp *connect.Response[dynamicpb.Message]
+		err = g.breakers.Do(b.breaker, func() error {
+			var cerr error
+			resp, cerr = g.client(m, b.addr).CallUnary(ctx, out)
+			return cerr
+		})
+		if err == nil {
+			res := connect.NewResponse(resp.Msg)
+			copyHeaders(res.Header(), resp.Header())
+			copyHeaders(res.Trailer(), resp.Trailer())
+			return res, nil
+		}
+		if attempt > 0 || !m.retryable() || !b.roundRobin || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
+			return nil, err
+		}
+		lastErr = err
+	}
+}
+
+func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request[dynamicpb.Message], *connect.ServerStream[dynamicpb.Message]) error {
+	return func(ctx context.Context, req *connect.Request[dynamicpb.Message], stream *connect.ServerStream[dynamicpb.Message]) error {
+		b, err := g.route(m, req.Msg, nil)
+		if err != nil {
+			return err
+		}
+		done, err := g.breakers.Allow(b.breaker)
+		if err != nil {
+			return err
+		}
+		out := connect.NewRequest(req.Msg)
+		copyRequestHeaders(out.Header(), req.Header())
+		upstream, err := g.client(m, b.addr).CallServerStream(ctx, out)
+		if err != nil {
+			done(err)
+			return err
+		}
+		defer upstream.Close()
+		headersSent := false
+		for upstream.Receive() {
+			if !headersSent {
+				copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
+				headersSent = true
+			}
+			if err := stream.Send(upstream.Msg()); err != nil {
+				done(nil) // the client went away, not the backend
+				return err
+			}
+		}
+		err = upstream.Err()
+		done(err)
+		if !headersSent {
+			copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
+		}
+		copyHeaders(stream.ResponseTrailer(), upstream.ResponseTrailer())
+		return err
+	}
+}
+
+func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientStream[dynamicpb.Message]) (*connect.Response[dynamicpb.Message], error) {
+	return func(ctx context.Context, stream *connect.ClientStream[dynamicpb.Message]) (*connect.Response[dynamicpb.Message], error) {
+		b, err := g.route(m, nil, nil)
+		if err != nil {
+			return nil, err
+		}
+		done, err := g.breakers.Allow(b.breaker)
+		if err != nil {
+			return nil, err
+		}
+		upstream := g.client(m, b.addr).CallClientStream(ctx)
+		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
+		for stream.Receive() {
+			if err := upstream.Send(stream.Msg()); err != nil {
+				break // the backend's answer says why
+			}
+		}
+		if err := stream.Err(); err != nil {
+			_, _ = upstream.CloseAndReceive()
+			done(nil)
+			return nil, err
+		}
+		resp, err := upstream.CloseAndReceive()
+		done(err)
+		if err != nil {
+			return nil, err
+		}
+		res := connect.NewResponse(resp.Msg)
+		copyHeaders(res.Header(), resp.Header())
+		copyHeaders(res.Trailer(), resp.Trailer())
+		return res, nil
+	}
+}
+
+func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dynamicpb.Message, dynamicpb.Message]) error {
+	return func(ctx context.Context, stream *connect.BidiStream[dynamicpb.Message, dynamicpb.Message]) error {
+		b, err := g.route(m, nil, nil)
+		if err != nil {
+			return err
+		}
+		done, err := g.breakers.Allow(b.breaker)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		upstream := g.client(m, b.addr).CallBidiStream(ctx)
+		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
+		// Requests flow up in their own goroutine, so neither direction
+		// waits for the other (a Pipeline answers while it receives).
+		var (
+			wg      sync.WaitGroup
+			recvErr error
+		)
+		wg.Go(func() {
+			defer func() { _ = upstream.CloseRequest() }()
+			for {
+				msg, err := stream.Receive()
+				if errors.Is(err, io.EOF) {
+					return
+				}
+				if err != nil {
+					recvErr = err
+					cancel()
+					return
+				}
+				if err := upstream.Send(msg); err != nil {
+					return // the backend's answer says why
+				}
+			}
+		})
+		headersSent := false
+		var sendErr error
+		for {
+			msg, err := upstream.Receive()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					sendErr = err
+				}
+				break
+			}
+			if !headersSent {
+				copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
+				headersSent = true
+			}
+			if err := stream.Send(msg); err != nil {
+				cancel()
+				wg.Wait()
+				_ = upstream.CloseResponse()
+				done(nil)
+				return err
+			}
+		}
+		cancel()
+		wg.Wait()
+		_ = upstream.CloseResponse()
+		if recvErr != nil {
+			done(nil)
+			return recvErr
+		}
+		done(sendErr)
+		copyHeaders(stream.ResponseTrailer(), upstream.ResponseTrailer())
+		return sendErr
+	}
+}
+
+// client returns the connect client for m on the instance at addr.
+func (g *Gateway) client(m *method, addr string) *connect.Client[dynamicpb.Message, dynamicpb.Message] {
+	key := m.procedure + "@" + addr
+	if c, ok := g.clients.Load(key); ok {
+		return c.(*connect.Client[dynamicpb.Message, dynamicpb.Message])
+	}
+	out := m.desc.Output()
+	opts := append([]connect.ClientOption{
+		connect.WithGRPC(),
+		connect.WithSchema(m.desc),
+		connect.WithResponseInitializer(func(_ connect.Spec, msg any) error {
+			dm, ok := msg.(*dynamicpb.Message)
+			if !ok {
+				return fmt.Errorf("gateway: unexpected message type %T", msg)
+			}
+			*dm = *dynamicpb.NewMessage(out)
+			return nil
+		}),
+		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
+	}, g.clientOptions...)
+	c := connect.NewClient[dynamicpb.Message, dynamicpb.Message](g.backendHTTP, "http://"+addr+m.procedure, opts...)
+	actual, _ := g.clients.LoadOrStore(key, c)
+	return actual.(*connect.Client[dynamicpb.Message, dynamicpb.Message])
+}
+
+// Headers that belong to one hop's protocol and must not be copied across
+// the proxy; everything else (metadata, auth, trace context) travels.
+var hopHeaders = map[string]bool{
+	"Accept-Encoding": true, "Connection": true, "Content-Encoding": true, "Content-Length": true,
+	"Content-Type": true, "Host": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true,
+	"Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "User-Agent": true,
+	"Connect-Accept-Encoding": true, "Connect-Content-Encoding": true, "Connect-Protocol-Version": true,
+	"Connect-Timeout-Ms": true, "Grpc-Accept-Encoding": true, "Grpc-Encoding": true, "Grpc-Timeout": true,
+	"Grpc-Message": true, "Grpc-Status": true, "Grpc-Status-Details-Bin": true, "X-Grpc-Web": true,
+	"X-User-Agent": true, "Origin": true, "Access-Control-Request-Method": true, "Access-Control-Request-Headers": true,
+}
+
+// copyRequestHeaders copies a caller's metadata to the backend call. The
+// deadline travels in the context, not as a header.
+func copyRequestHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		if hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-") || strings.HasPrefix(k, "Sec-") {
+			continue
+		}
+		dst[k] = append(dst[k], vs...)
+	}
+}
+
+// copyHeaders copies a backend's response metadata to the caller.
+func copyHeaders(dst, src http.Header) {
+	for k, vs := range src {
+		if hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-") {
+			continue
+		}
+		dst[k] = append(dst[k], vs...)
+	}
+}
