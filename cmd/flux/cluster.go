@@ -3,8 +3,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -87,10 +90,12 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 		}
 		members = append(members, m)
 	}
+	gateways := gatewayStatuses(ctx, snap)
 	if asJSON {
 		printJSON(env, struct {
-			Members []memberStatus `json:"members"`
-		}{members})
+			Members  []memberStatus  `json:"members"`
+			Gateways []gatewayStatus `json:"gateways"`
+		}{members, gateways})
 	} else {
 		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tLIVE\tADDRESS\tADMIN\tKEYS\tVERSION\tSTARTED")
@@ -105,6 +110,15 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, live, dash(m.Address), dash(m.AdminAddress), keys, dash(m.Version), dash(m.StartedAt))
 		}
 		tw.Flush()
+		if len(gateways) > 0 {
+			fmt.Fprintln(env.stdout)
+			tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "GATEWAY\tADDRESS\tADMIN\tCIRCUITS")
+			for _, g := range gateways {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.ID, g.Address, g.AdminAddress, g.circuits())
+			}
+			tw.Flush()
+		}
 	}
 	if len(members) == 0 {
 		fmt.Fprintln(env.stderr, "flux cluster: no members registered in etcd")
@@ -142,4 +156,60 @@ func keysHeld(ctx context.Context, admin string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no flux_store_keys in %s/metrics", admin)
+}
+
+// gatewayStatus is a live gateway and the state of its circuit breakers,
+// one per backend instance it has called (service/instance).
+type gatewayStatus struct {
+	ID           string            `json:"id"`
+	Address      string            `json:"address"`
+	AdminAddress string            `json:"admin_address"`
+	Breakers     map[string]string `json:"breakers,omitempty"`
+	Error        string            `json:"error,omitempty"`
+}
+
+func (g gatewayStatus) circuits() string {
+	if g.Error != "" {
+		return "unknown: " + g.Error
+	}
+	names := slices.Sorted(maps.Keys(g.Breakers))
+	parts := make([]string, 0, len(names))
+	for _, name := range names {
+		parts = append(parts, name+"="+g.Breakers[name])
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, " ")
+}
+
+// gatewayStatuses asks every live gateway for its breakers' states.
+func gatewayStatuses(ctx context.Context, snap *discovery.Snapshot) []gatewayStatus {
+	ids := slices.Sorted(maps.Keys(snap.Gateways))
+	out := make([]gatewayStatus, 0, len(ids))
+	for _, id := range ids {
+		inst := snap.Gateways[id]
+		g := gatewayStatus{ID: id, Address: inst.Address, AdminAddress: inst.AdminAddress}
+		if err := getJSON(ctx, "http://"+inst.AdminAddress+"/breakers", &g.Breakers); err != nil {
+			g.Error = err.Error()
+		}
+		out = append(out, g)
+	}
+	return out
+}
+
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }

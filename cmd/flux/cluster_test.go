@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
+	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -47,9 +48,32 @@ func TestClusterCommands(t *testing.T) {
 	if got := flux("", append([]string{"scan", "--keys-only"}, e...)...); got.code != 0 || strings.Count(got.stdout, "\n") != 20 {
 		t.Fatalf("scan through etcd: %+v", got)
 	}
+	// A gateway in front: status lists it with the circuit of every node
+	// it has called.
+	gw, err := gateway.New(gateway.Config{
+		ID: "gw-1", Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Etcd: []string{etcd.ClientURL()},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Shutdown(context.Background())
+	if err := gw.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if got := flux("", "get", fmt.Sprintf("k%02d", i), "--endpoint", gw.APIURL()); got.code != 0 || got.stdout != "v\n" {
+			t.Fatalf("get through the gateway: %+v", got)
+		}
+	}
 	got := flux("", append([]string{"cluster", "status"}, e...)...)
 	if got.code != 0 || !strings.Contains(got.stdout, "node-1  yes") || !strings.Contains(got.stdout, "node-2  yes") {
 		t.Fatalf("cluster status: %+v", got)
+	}
+	for _, want := range []string{"GATEWAY", "gw-1", "flux.kv.v1.KVService/node-1=closed", "flux.kv.v1.KVService/node-2=closed"} {
+		if !strings.Contains(got.stdout, want) {
+			t.Errorf("cluster status lacks %q:\n%s", want, got.stdout)
+		}
 	}
 	if err := nodes[1].Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
