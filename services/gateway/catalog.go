@@ -44,10 +44,8 @@ type resolved struct {
 // resolve returns the descriptor of service, asking the instance at addr by
 // reflection when it is not compiled in.
 func (s *schemaSource) resolve(ctx context.Context, service, addr string) (*resolved, error) {
-	if d, err := s.local.FindDescriptorByName(protoreflect.FullName(service)); err == nil {
-		if sd, ok := d.(protoreflect.ServiceDescriptor); ok {
-			return &resolved{service: sd, files: s.local}, nil
-		}
+	if res, ok := s.compiled(service); ok {
+		return res, nil
 	}
 	client := grpcreflect.NewClient(s.http, "http://"+addr, connect.WithGRPC())
 	stream := client.NewStream(ctx)
@@ -104,6 +102,19 @@ func (s *schemaSource) resolve(ctx context.Context, service, addr string) (*reso
 		return nil, fmt.Errorf("%s is a %T, not a service", service, d)
 	}
 	return &resolved{service: sd, files: files}, nil
+}
+
+// compiled returns the descriptor of service if it is compiled in.
+func (s *schemaSource) compiled(service string) (*resolved, bool) {
+	d, err := s.local.FindDescriptorByName(protoreflect.FullName(service))
+	if err != nil {
+		return nil, false
+	}
+	sd, ok := d.(protoreflect.ServiceDescriptor)
+	if !ok {
+		return nil, false
+	}
+	return &resolved{service: sd, files: s.local}, true
 }
 
 // link builds the files in dependency order. A file this process already

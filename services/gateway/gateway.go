@@ -31,6 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/admin"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -396,7 +397,7 @@ func (g *Gateway) refresh(ctx context.Context, snap *discovery.Snapshot) {
 	cur := g.table.Load()
 	next := &table{services: map[string]*resolved{}, methods: map[string]*method{}, failed: map[string]bool{}}
 	changed := false
-	for _, name := range snap.Services() {
+	for _, name := range served(snap) {
 		if res, ok := cur.services[name]; ok {
 			next.services[name] = res
 			continue
@@ -445,9 +446,26 @@ func (g *Gateway) refresh(ctx context.Context, snap *discovery.Snapshot) {
 	g.forgetGone(snap)
 }
 
-// resolveAny fetches a service's schema from the first instance that
-// answers.
+// served returns the services to serve: those with a live instance, and
+// Flux-KV's own while the cluster has members, so that its calls answer
+// Unavailable (retry later) rather than Unimplemented while no node is live.
+func served(snap *discovery.Snapshot) []string {
+	names := snap.Services()
+	if len(snap.Members) > 0 && !slices.Contains(names, kvv1connect.KVServiceName) {
+		names = append(names, kvv1connect.KVServiceName)
+	}
+	return names
+}
+
+// resolveAny returns a service's schema: compiled in, or fetched from the
+// first instance that answers.
 func (g *Gateway) resolveAny(ctx context.Context, service string, live []discovery.Instance) (*resolved, error) {
+	if res, ok := g.schemas.compiled(service); ok {
+		return res, nil
+	}
+	if len(live) == 0 {
+		return nil, fmt.Errorf("no live instance of %s to fetch its schema from", service)
+	}
 	var errs []error
 	for _, inst := range live {
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)

@@ -56,6 +56,7 @@ func (g *Gateway) newMethod(md protoreflect.MethodDescriptor) *method {
 		connect.WithRequestInitializer(init(md.Input())),
 		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
 		connect.WithCompressMinBytes(compressMinBytes),
+		connect.WithCodec(proxyCodec{}),
 	}, g.handlerOptions...)
 	switch {
 	case md.IsStreamingClient() && md.IsStreamingServer():
@@ -143,7 +144,7 @@ func (g *Gateway) unary(m *method) func(context.Context, *connect.Request[dynami
 // flightKey identifies identical requests: the procedure, the request's
 // deterministic encoding and the headers that could change the answer.
 func flightKey(m *method, req *connect.Request[dynamicpb.Message]) (string, bool) {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req.Msg)
+	b, err := proto.MarshalOptions{Deterministic: true, AllowPartial: true}.Marshal(req.Msg)
 	if err != nil {
 		return "", false
 	}
@@ -182,13 +183,14 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 		err = g.breakers.Do(b.breaker, func() error {
 			var cerr error
 			resp, cerr = g.client(m, b.addr).CallUnary(ctx, out)
-			return cerr
+			return backendError(ctx, cerr)
 		})
 		if err == nil {
-			res := connect.NewResponse(resp.Msg)
-			copyHeaders(res.Header(), resp.Header())
-			copyHeaders(res.Trailer(), resp.Trailer())
-			return res, nil
+			// The response is this call's own: strip it for the caller
+			// rather than copy it.
+			stripHopHeaders(resp.Header())
+			stripHopHeaders(resp.Trailer())
+			return resp, nil
 		}
 		if attempt > 0 || !m.retryable() || !b.roundRobin || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
 			return nil, err
@@ -211,6 +213,7 @@ func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request
 		copyRequestHeaders(out.Header(), req.Header())
 		upstream, err := g.client(m, b.addr).CallServerStream(ctx, out)
 		if err != nil {
+			err = backendError(ctx, err)
 			done(err)
 			return err
 		}
@@ -226,7 +229,7 @@ func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request
 				return err
 			}
 		}
-		err = upstream.Err()
+		err = backendError(ctx, upstream.Err())
 		done(err)
 		if !headersSent {
 			copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
@@ -259,6 +262,7 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 			return nil, err
 		}
 		resp, err := upstream.CloseAndReceive()
+		err = backendError(ctx, err)
 		done(err)
 		if err != nil {
 			return nil, err
@@ -313,7 +317,7 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 			msg, err := upstream.Receive()
 			if err != nil {
 				if !errors.Is(err, io.EOF) {
-					sendErr = err
+					sendErr = backendError(ctx, err)
 				}
 				break
 			}
@@ -342,6 +346,18 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 	}
 }
 
+// backendError corrects the code of a failed call to a backend. Connect
+// reports a connection reset (ECONNRESET, EPIPE) as Canceled, the code of a
+// caller that went away; while ctx is live it was the backend that went
+// away, which is Unavailable: the breaker counts it and a retry may follow.
+func backendError(ctx context.Context, err error) error {
+	var connectErr *connect.Error
+	if ctx.Err() != nil || !errors.As(err, &connectErr) || connectErr.Code() != connect.CodeCanceled {
+		return err
+	}
+	return connect.NewError(connect.CodeUnavailable, connectErr.Unwrap())
+}
+
 // client returns the connect client for m on the instance at addr.
 func (g *Gateway) client(m *method, addr string) *connect.Client[dynamicpb.Message, dynamicpb.Message] {
 	key := m.procedure + "@" + addr
@@ -361,6 +377,7 @@ func (g *Gateway) client(m *method, addr string) *connect.Client[dynamicpb.Messa
 			return nil
 		}),
 		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
+		connect.WithCodec(proxyCodec{}),
 	}, g.clientOptions...)
 	c := connect.NewClient[dynamicpb.Message, dynamicpb.Message](g.backendHTTP, "http://"+addr+m.procedure, opts...)
 	actual, _ := g.clients.LoadOrStore(key, c)
@@ -393,9 +410,50 @@ func copyRequestHeaders(dst, src http.Header) {
 // copyHeaders copies a backend's response metadata to the caller.
 func copyHeaders(dst, src http.Header) {
 	for k, vs := range src {
-		if hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-") {
+		if isResponseHopHeader(k) {
 			continue
 		}
 		dst[k] = append(dst[k], vs...)
 	}
+}
+
+// stripHopHeaders removes from a backend's response metadata what
+// copyHeaders would not copy.
+func stripHopHeaders(h http.Header) {
+	for k := range h {
+		if isResponseHopHeader(k) {
+			delete(h, k)
+		}
+	}
+}
+
+func isResponseHopHeader(k string) bool {
+	return hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-")
+}
+
+// proxyCodec is connect's binary protobuf codec without what a proxy does
+// not need. It leaves required fields (proto2) to the backend to check,
+// as a proxy should, and decodes into the fresh message connect has just
+// initialised without first resetting it, which for a dynamic message
+// would allocate it all over again.
+type proxyCodec struct{}
+
+func (proxyCodec) Name() string { return "proto" }
+
+func (c proxyCodec) Marshal(msg any) ([]byte, error) { return c.MarshalAppend(nil, msg) }
+
+func (proxyCodec) MarshalAppend(dst []byte, msg any) ([]byte, error) {
+	pm, ok := msg.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("gateway: cannot marshal %T: not a protobuf message", msg)
+	}
+	return proto.MarshalOptions{AllowPartial: true}.MarshalAppend(dst, pm)
+}
+
+func (proxyCodec) Unmarshal(data []byte, msg any) error {
+	pm, ok := msg.(proto.Message)
+	if !ok {
+		return fmt.Errorf("gateway: cannot unmarshal into %T: not a protobuf message", msg)
+	}
+	return proto.UnmarshalOptions{AllowPartial: true, Merge: true}.Unmarshal(data, pm)
 }

@@ -30,24 +30,41 @@ type backend struct {
 // live instances.
 type rings struct {
 	mu    sync.Mutex
-	rings map[string]*ring.Ring
+	rings map[string]serviceRing
 }
 
-func (r *rings) get(service string, ids []string) (*ring.Ring, error) {
+// serviceRing is a service's ring and the snapshot it was last checked
+// against: snapshots are immutable, so until the next one the ring needs no
+// check, and a call does not pay for listing and sorting the members.
+type serviceRing struct {
+	ring *ring.Ring
+	snap *discovery.Snapshot
+}
+
+func (r *rings) get(service string, snap *discovery.Snapshot) (*ring.Ring, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if cur, ok := r.rings[service]; ok && slices.Equal(cur.Members(), ids) {
-		return cur, nil
+	cur, ok := r.rings[service]
+	if ok && cur.snap == snap {
+		return cur.ring, nil
 	}
-	next, err := ring.New(ids)
-	if err != nil {
-		return nil, err
+	ids := snap.MemberIDs()
+	if service != kvv1connect.KVServiceName {
+		ids = sortedIDs(snap.Instances[service])
 	}
+	if !ok || !slices.Equal(cur.ring.Members(), ids) {
+		next, err := ring.New(ids)
+		if err != nil {
+			return nil, err
+		}
+		cur.ring = next
+	}
+	cur.snap = snap
 	if r.rings == nil {
-		r.rings = map[string]*ring.Ring{}
+		r.rings = map[string]serviceRing{}
 	}
-	r.rings[service] = next
-	return next, nil
+	r.rings[service] = cur
+	return cur.ring, nil
 }
 
 // route picks the instance for a call to m with request msg (nil for
@@ -59,11 +76,7 @@ func (g *Gateway) route(m *method, msg *dynamicpb.Message, skip []string) (backe
 	live := snap.Instances[m.service]
 	if msg != nil {
 		if key, ok := m.shardKeyOf(msg); ok {
-			ids := snap.MemberIDs()
-			if m.service != kvv1connect.KVServiceName {
-				ids = sortedIDs(live)
-			}
-			r, err := g.rings.get(m.service, ids)
+			r, err := g.rings.get(m.service, snap)
 			if err != nil {
 				return backend{}, err
 			}
