@@ -1,14 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/services/gateway"
 )
@@ -73,44 +68,8 @@ func gatewayCommand() *command {
 }
 
 func runGateway(env *environment, cfg gateway.Config, observe *observeFlags) int {
-	cfg.Logger.Info("starting flux gateway", slog.String("version", buildinfo.String()))
-	cfg.Registry = prometheus.NewRegistry()
-	obs, err := observe.build(env.ctx, "flux-gateway", cfg.ID, cfg.Logger, cfg.Registry)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "flux gateway: %v\n", err)
-		return exitError
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := obs.close(ctx); err != nil {
-			cfg.Logger.Warn("flushing traces and the access log", slog.Any("error", err))
-		}
-	}()
-	cfg.Interceptors, cfg.ClientInterceptors, cfg.Middleware = obs.interceptors(), obs.clientInterceptors(), obs.middleware()
-	gw, err := gateway.New(cfg)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "flux gateway: %v\n", err)
-		return exitError
-	}
-	ctx, cancel := context.WithTimeout(env.ctx, 30*time.Second)
-	err = gw.Start(ctx)
-	cancel()
-	if err != nil {
-		fmt.Fprintf(env.stderr, "flux gateway: %v\n", err)
-		_ = gw.Shutdown(context.Background())
-		return exitError
-	}
-	waitErr := gw.Wait(env.ctx)
-	if waitErr != nil {
-		cfg.Logger.Error("listener failed", slog.Any("error", waitErr))
-	}
-	if err := gw.Shutdown(context.Background()); err != nil {
-		cfg.Logger.Error("shutdown", slog.Any("error", err))
-		return exitError
-	}
-	if waitErr != nil {
-		return exitError
-	}
-	return exitOK
+	return runServer(env, "gateway", cfg.ID, cfg.Logger, observe, func(p serverParts) (server, error) {
+		cfg.Interceptors, cfg.ClientInterceptors, cfg.Middleware, cfg.Registry = p.Interceptors, p.ClientInterceptors, p.Middleware, p.Registry
+		return gateway.New(cfg)
+	})
 }

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/changelog"
@@ -73,48 +69,10 @@ func nodeCommand() *command {
 }
 
 func runNode(env *environment, cfg kvnode.Config, observe *observeFlags) int {
-	cfg.Logger.Info("starting flux node", slog.String("version", buildinfo.String()))
-	cfg.Registry = prometheus.NewRegistry()
-	obs, err := observe.build(env.ctx, "flux-node", cfg.NodeID, cfg.Logger, cfg.Registry)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
-		return exitError
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := obs.close(ctx); err != nil {
-			cfg.Logger.Warn("flushing traces and the access log", slog.Any("error", err))
-		}
-	}()
-	cfg.Interceptors, cfg.ClientInterceptors, cfg.Middleware = obs.interceptors(), obs.clientInterceptors(), obs.middleware()
-	node, err := kvnode.New(cfg)
-	if err != nil {
-		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
-		return exitError
-	}
-	if err := node.Start(env.ctx); err != nil {
-		fmt.Fprintf(env.stderr, "flux node: %v\n", err)
-		_ = node.Shutdown(context.Background())
-		return exitError
-	}
-	waitErr := node.Wait(env.ctx)
-	if waitErr != nil {
-		cfg.Logger.Error("listener failed", slog.Any("error", waitErr))
-	} else {
-		cfg.Logger.Info("shutting down", slog.Duration("timeout", cfg.ShutdownTimeout))
-	}
-	// The signal context is done by now; Shutdown applies its own timeout.
-	start := time.Now()
-	if err := node.Shutdown(context.Background()); err != nil {
-		cfg.Logger.Error("shutdown", slog.Any("error", err))
-		return exitError
-	}
-	cfg.Logger.Info("shutdown complete", slog.Duration("took", time.Since(start)))
-	if waitErr != nil {
-		return exitError
-	}
-	return exitOK
+	return runServer(env, "node", cfg.NodeID, cfg.Logger, observe, func(p serverParts) (server, error) {
+		cfg.Interceptors, cfg.ClientInterceptors, cfg.Middleware, cfg.Registry = p.Interceptors, p.ClientInterceptors, p.Middleware, p.Registry
+		return kvnode.New(cfg)
+	})
 }
 
 func versionCommand() *command {

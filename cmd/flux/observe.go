@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
@@ -92,4 +93,69 @@ func (o *observability) close(ctx context.Context) error {
 		err = terr
 	}
 	return err
+}
+
+// server is a long-running process that flux node and flux gateway run:
+// a kvnode.Node or a gateway.Gateway.
+type server interface {
+	Start(ctx context.Context) error
+	Wait(ctx context.Context) error
+	Shutdown(ctx context.Context) error
+}
+
+// serverParts is what runServer needs to build a server once its tracing
+// and access log exist.
+type serverParts struct {
+	Interceptors       []connect.Interceptor
+	ClientInterceptors []connect.Interceptor
+	Middleware         []func(http.Handler) http.Handler
+	Registry           *prometheus.Registry
+}
+
+// runServer builds the tracing and access log, creates the server with
+// them, starts it, runs it until the signal context ends or a listener
+// fails, and shuts it down. It returns the exit code.
+func runServer(env *environment, name, instance string, logger *slog.Logger, observe *observeFlags, create func(serverParts) (server, error)) int {
+	logger.Info("starting flux "+name, slog.String("version", buildinfo.String()))
+	reg := prometheus.NewRegistry()
+	obs, err := observe.build(env.ctx, "flux-"+name, instance, logger, reg)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux %s: %v\n", name, err)
+		return exitError
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := obs.close(ctx); err != nil {
+			logger.Warn("flushing traces and the access log", slog.Any("error", err))
+		}
+	}()
+	srv, err := create(serverParts{obs.interceptors(), obs.clientInterceptors(), obs.middleware(), reg})
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux %s: %v\n", name, err)
+		return exitError
+	}
+	// Joining a cluster has its own bound (the server's join timeout).
+	if err := srv.Start(env.ctx); err != nil {
+		fmt.Fprintf(env.stderr, "flux %s: %v\n", name, err)
+		_ = srv.Shutdown(context.Background())
+		return exitError
+	}
+	waitErr := srv.Wait(env.ctx)
+	if waitErr != nil {
+		logger.Error("listener failed", slog.Any("error", waitErr))
+	} else {
+		logger.Info("shutting down")
+	}
+	// The signal context is done by now; Shutdown applies its own timeout.
+	start := time.Now()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		logger.Error("shutdown", slog.Any("error", err))
+		return exitError
+	}
+	logger.Info("shutdown complete", slog.Duration("took", time.Since(start)))
+	if waitErr != nil {
+		return exitError
+	}
+	return exitOK
 }

@@ -50,6 +50,8 @@ const (
 	compressMinBytes = 4 << 10
 	// bodyOverhead is room for framing around a message of the maximum size.
 	bodyOverhead = 64 << 10
+	// startTimeout bounds Start when its context has no deadline.
+	startTimeout = 30 * time.Second
 	// resolveTimeout bounds fetching one service's schema by reflection.
 	resolveTimeout = 5 * time.Second
 	// resolveRetry is how often services whose schema could not be fetched
@@ -322,8 +324,13 @@ func (g *Gateway) healthy() error {
 
 // Start loads the cluster's state from etcd, builds the table of services,
 // registers the gateway and serves both ports. It fails if etcd does not
-// answer within ctx.
+// answer within ctx (30 s when ctx has no deadline).
 func (g *Gateway) Start(ctx context.Context) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, startTimeout)
+		defer cancel()
+	}
 	g.serve(g.admin)
 	if err := g.watcher.Start(ctx); err != nil {
 		return fmt.Errorf("watch etcd: %w", err)
