@@ -92,7 +92,7 @@ func BenchmarkCDC(b *testing.B) {
 						if _, err := fmt.Sscanf(d.MessageId[len(prefix):], "%d", &rev); err != nil || rev < 1 || rev > int64(b.N) {
 							continue
 						}
-						received = append(received, time.Now().UnixNano()-ackTime(&acked[rev]))
+						received = append(received, max(time.Now().UnixNano()-ackTime(&acked[rev]), 0))
 						if len(received) == b.N {
 							return
 						}
