@@ -63,6 +63,7 @@ const (
 type Config struct {
 	ID              string        // instance id in etcd; defaults to host name and port
 	Listen          string        // API address (host:port)
+	Advertise       string        // API address others dial (host:port); default: Listen, with the host name for 0.0.0.0
 	AdminListen     string        // admin address: /healthz, /metrics, /debug/pprof/, /breakers
 	Etcd            []string      // etcd endpoints (required)
 	LeaseTTL        time.Duration // registration lease (default discovery.DefaultTTL)
@@ -339,8 +340,12 @@ func (g *Gateway) Start(ctx context.Context) error {
 	g.refresh(ctx, snap)
 	g.following.Store(true)
 	go g.follow(changed)
+	apiAddr, adminAddr, err := rpcserver.Advertise(g.cfg.Advertise, g.api.Addr(), g.admin.Addr())
+	if err != nil {
+		return err
+	}
 	inst := discovery.Instance{
-		ID: g.cfg.ID, Address: g.api.Addr().String(), AdminAddress: g.admin.Addr().String(),
+		ID: g.cfg.ID, Address: apiAddr, AdminAddress: adminAddr,
 		StartedAt: time.Now().UTC().Truncate(time.Second), Version: buildinfo.String(),
 	}
 	reg, err := discovery.RegisterGateway(ctx, g.etcd, inst, discovery.WithTTL(g.cfg.LeaseTTL), discovery.WithLogger(g.cfg.Logger))

@@ -68,6 +68,7 @@ var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 // defaults to the host name.
 type Config struct {
 	Listen          string           // API address (host:port); port 0 picks a free port
+	Advertise       string           // API address peers and clients dial (host:port); default: Listen, with the host name for 0.0.0.0
 	AdminListen     string           // admin address; keep it on loopback or a private network
 	DataDir         string           // directory for the node's files; created if missing
 	NodeID          string           // stable identity of the node: letters, digits, '.', '_', '-'
@@ -302,7 +303,11 @@ func (n *Node) Start(ctx context.Context) error {
 			ctx, cancel = context.WithTimeout(ctx, DefaultJoinTimeout)
 			defer cancel()
 		}
-		c, err := join(ctx, n.cfg, n.api.Addr().String(), n.admin.Addr().String(), n.store.Len() > 0)
+		apiAddr, adminAddr, err := rpcserver.Advertise(n.cfg.Advertise, n.api.Addr(), n.admin.Addr())
+		if err != nil {
+			return err
+		}
+		c, err := join(ctx, n.cfg, apiAddr, adminAddr, n.store.Len() > 0)
 		if err != nil {
 			return fmt.Errorf("join cluster: %w", err)
 		}
