@@ -33,7 +33,7 @@ func gatewayCommand() *command {
 	fs.Float64Var(&cfg.Policies.RateLimit.ClientRate, "client-rate-limit", 0, "calls per second per client (0: no limit)")
 	fs.IntVar(&cfg.Policies.RateLimit.ClientBurst, "client-rate-burst", 0, "calls above a client's rate allowed at once (0: the rate)")
 	fs.StringVar(&cfg.Policies.RateLimit.ClientKeyHeader, "client-key-header", "Flux-Api-Key", "request `header` that identifies a client; without it, the client's IP address does")
-	fs.Func("breaker-failures", "consecutive failures (unavailable, deadline exceeded, internal) of a backend instance that open its circuit (default 5)", func(s string) error {
+	fs.Func("breaker-failures", "consecutive `failures` (unavailable, deadline exceeded, internal) of a backend instance that open its circuit (default 5)", func(s string) error {
 		var n uint32
 		if _, err := fmt.Sscan(s, &n); err != nil || n == 0 {
 			return fmt.Errorf("%q: want a positive number", s)
