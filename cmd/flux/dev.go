@@ -31,8 +31,8 @@ func devCommand() *command {
 	fs.StringVar(&dataDir, "data-dir", dataDir, "`directory` holding etcd's and every node's data; running again recovers it")
 	fs.IntVar(&nodes, "nodes", nodes, "number of nodes")
 	fs.StringVar(&etcdListen, "etcd-listen", etcdListen, "client `URL` of the embedded etcd, which etcdctl and other processes can join")
-	fs.IntVar(&basePort, "base-port", basePort, "API `port` of the first node; the others follow")
-	fs.IntVar(&adminBase, "admin-base-port", adminBase, "admin `port` of the first node; the others follow")
+	fs.IntVar(&basePort, "base-port", basePort, "API `port` of the first node; the others follow (0: any free ports)")
+	fs.IntVar(&adminBase, "admin-base-port", adminBase, "admin `port` of the first node; the others follow (0: any free ports)")
 	fs.StringVar(&appendFsync, "appendfsync", appendFsync, "fsync `policy` of every node: always, everysec or no")
 	fs.StringVar(&amqpURL, "amqp-url", "", "RabbitMQ `URL` every node publishes its changes to (flux.cdc exchange); empty turns CDC off")
 	fs.StringVar(&cdcQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange")
@@ -94,8 +94,8 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 		id := fmt.Sprintf("node-%d", i+1)
 		node, err := kvnode.New(kvnode.Config{
 			NodeID:      id,
-			Listen:      fmt.Sprintf("127.0.0.1:%d", cfg.basePort+i),
-			AdminListen: fmt.Sprintf("127.0.0.1:%d", cfg.adminBase+i),
+			Listen:      devAddr(cfg.basePort, i),
+			AdminListen: devAddr(cfg.adminBase, i),
 			DataDir:     filepath.Join(cfg.dataDir, id),
 			AppendOnly:  true,
 			AppendFsync: cfg.policy,
@@ -153,4 +153,13 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 	<-env.ctx.Done()
 	logger.Info("shutting down the dev cluster")
 	return exitOK
+}
+
+// devAddr is the loopback address of node i's port counting from base, or
+// any free port when base is 0.
+func devAddr(base, i int) string {
+	if base == 0 {
+		return "127.0.0.1:0"
+	}
+	return fmt.Sprintf("127.0.0.1:%d", base+i)
 }
