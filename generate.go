@@ -5,8 +5,11 @@
 // Running `go generate .` here regenerates gen/ from the schemas in proto/,
 // using only the Go module proxy: protovalidate's schema is printed from the
 // Go module that registers it, then buf runs the plugins pinned in go.mod.
+// Last, docs/api.md is written from the image of proto/ that buf builds,
+// which holds the schemas' comments.
 package fluxkv
 
 //go:generate go -C tools run ./protovalidateproto -out ../.buf-deps/protovalidate
 //go:generate go tool -modfile=tools/go.mod buf generate
 //go:generate go tool -modfile=tools/go.mod buf build proto -o platform/schema/flux.binpb
+//go:generate go run ./internal/cmd/apidoc -out docs/api.md

@@ -114,16 +114,18 @@ type Log struct {
 	synced   atomic.Int64 // highest revision known to be on stable storage
 	buffered atomic.Int64 // len(buf), for Reserve's lock-free check
 	broken   atomic.Bool  // failed or closed, for Reserve's lock-free check
-	failed   error        // sticky: the first write or fsync error
-	stalled  bool         // the disk has made no progress for the stall timeout
-	progress time.Time    // when the disk last made progress, or work arrived at an idle log
-	closed   bool
-	advancec chan struct{} // closed and replaced whenever written, synced or failed change
-	file     File          // active segment
-	total    int64         // bytes in all segments of the manifest
-	lastBase int64         // total after the last rewrite (or at start), for the growth trigger
-	eb       eventBuf      // guarded by mu
-	tail     *Tail         // recent events, for readers
+	// stalledNow mirrors stalled for Reserve's lock-free check.
+	stalledNow atomic.Bool
+	failed     error     // sticky: the first write or fsync error
+	stalled    bool      // the disk has made no progress for the stall timeout
+	progress   time.Time // when the disk last made progress, or work arrived at an idle log
+	closed     bool
+	advancec   chan struct{} // closed and replaced whenever written, synced or failed change
+	file       File          // active segment
+	total      int64         // bytes in all segments of the manifest
+	lastBase   int64         // total after the last rewrite (or at start), for the growth trigger
+	eb         eventBuf      // guarded by mu
+	tail       *Tail         // recent events, for readers
 
 	kickc    chan struct{}
 	rotatec  chan chan rotation
@@ -444,7 +446,7 @@ func (b *eventBuf) fill(nodeID string, c store.Change) *cdcv1.ChangeEvent {
 // after the stall timeout, or with ctx's error. Writers call it before they
 // change the store, so a stalled disk bounds memory instead of growing it.
 func (l *Log) Reserve(ctx context.Context) error {
-	if l.buffered.Load() < int64(l.cfg.bufferLimit) && !l.broken.Load() {
+	if l.buffered.Load() < int64(l.cfg.bufferLimit) && !l.broken.Load() && !l.stalledNow.Load() {
 		return nil
 	}
 	for {
@@ -454,10 +456,12 @@ func (l *Log) Reserve(ctx context.Context) error {
 		switch {
 		case err != nil:
 			return err
+		case stalled:
+			// A write now could not be confirmed in time either: refuse it
+			// before it is applied, rather than answer "outcome unknown".
+			return ErrStalled
 		case !over:
 			return nil
-		case stalled:
-			return ErrStalled
 		}
 		select {
 		case <-c:
@@ -589,6 +593,7 @@ func (l *Log) flush() {
 		l.synced.Store(last)
 	}
 	l.progress, l.stalled = time.Now(), false
+	l.stalledNow.Store(false)
 	l.broadcastLocked()
 }
 
@@ -631,6 +636,7 @@ func (l *Log) runWatchdog() {
 		stalled := l.bufLast > l.durable() && time.Since(l.progress) > l.cfg.stallTimeout
 		if stalled && !l.stalled {
 			l.stalled = true
+			l.stalledNow.Store(true)
 			l.m.stalls.Inc()
 			l.cfg.logger.Warn("append-only file is stalled: writes are refused until the disk makes progress",
 				slog.Duration("no_progress_for", time.Since(l.progress)))

@@ -24,8 +24,8 @@ const (
 	// ReasonOwnerUnreachable: the key's owner is live in etcd but the
 	// connection to it could not be opened.
 	ReasonOwnerUnreachable = "OWNER_UNREACHABLE"
-	// ReasonNotReady: the node has not joined its cluster yet, or is
-	// leaving it.
+	// ReasonNotReady: the node cannot take the write yet: etcd could not
+	// record that the cluster holds data, or the members changed under it.
 	ReasonNotReady = "NOT_READY"
 )
 

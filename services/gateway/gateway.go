@@ -36,6 +36,7 @@ import (
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
+	"github.com/fluxkv/fluxkv/platform/telemetry"
 )
 
 // Defaults for Config fields left at their zero value.
@@ -219,8 +220,16 @@ func New(cfg Config) (_ *Gateway, err error) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "flux_gateway_backend_instances", Help: "Live instances of the services the gateway serves.",
 	}, func() float64 { return float64(g.liveInstances()) }))
-	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(cfg.Interceptors...)}
-	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(cfg.ClientInterceptors...)}
+	serverMetrics, err := telemetry.NewRPCMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register rpc metrics: %w", err)
+	}
+	clientMetrics, err := telemetry.NewRPCClientMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register rpc client metrics: %w", err)
+	}
+	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics)...)}
+	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics)...)}
 
 	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler()); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)

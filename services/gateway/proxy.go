@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	routingv1 "github.com/fluxkv/fluxkv/gen/flux/routing/v1"
+	"github.com/fluxkv/fluxkv/platform/coord"
 )
 
 // method is one method the gateway serves, with what routing and the
@@ -57,6 +58,9 @@ func (g *Gateway) newMethod(md protoreflect.MethodDescriptor) *method {
 		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
 		connect.WithCompressMinBytes(compressMinBytes),
 		connect.WithCodec(proxyCodec{}),
+		// Methods without side effects also answer Connect GET requests,
+		// which browsers and CDNs can cache.
+		connect.WithIdempotency(connect.IdempotencyLevel(m.idempotency)),
 	}, g.handlerOptions...)
 	switch {
 	case md.IsStreamingClient() && md.IsStreamingServer():
@@ -180,11 +184,15 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 		out := connect.NewRequest(req.Msg)
 		copyRequestHeaders(out.Header(), req.Header())
 		var resp *connect.Response[dynamicpb.Message]
+		var callErr error
 		err = g.breakers.Do(b.breaker, func() error {
-			var cerr error
-			resp, cerr = g.client(m, b.addr).CallUnary(ctx, out)
-			return backendError(ctx, cerr)
+			resp, callErr = g.client(m, b.addr).CallUnary(ctx, out)
+			callErr = backendError(ctx, callErr)
+			return breakerError(callErr)
 		})
+		if err == nil {
+			err = callErr
+		}
 		if err == nil {
 			// The response is this call's own: strip it for the caller
 			// rather than copy it.
@@ -214,7 +222,7 @@ func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request
 		upstream, err := g.client(m, b.addr).CallServerStream(ctx, out)
 		if err != nil {
 			err = backendError(ctx, err)
-			done(err)
+			done(breakerError(err))
 			return err
 		}
 		defer upstream.Close()
@@ -230,7 +238,7 @@ func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request
 			}
 		}
 		err = backendError(ctx, upstream.Err())
-		done(err)
+		done(breakerError(err))
 		if !headersSent {
 			copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
 		}
@@ -263,7 +271,7 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 		}
 		resp, err := upstream.CloseAndReceive()
 		err = backendError(ctx, err)
-		done(err)
+		done(breakerError(err))
 		if err != nil {
 			return nil, err
 		}
@@ -340,10 +348,20 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 			done(nil)
 			return recvErr
 		}
-		done(sendErr)
+		done(breakerError(sendErr))
 		copyHeaders(stream.ResponseTrailer(), upstream.ResponseTrailer())
 		return sendErr
 	}
+}
+
+// breakerError is what a backend's answer tells its circuit breaker: an
+// error a Flux-KV node attaches a routing reason to (a key whose owner is
+// down, say) is an answer from a healthy node, not its failure.
+func breakerError(err error) error {
+	if coord.Reason(err) != "" {
+		return nil
+	}
+	return err
 }
 
 // backendError corrects the code of a failed call to a backend. Connect
