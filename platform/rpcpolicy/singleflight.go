@@ -85,7 +85,13 @@ func (g *Group) Do(ctx context.Context, key string, fn func(ctx context.Context)
 	var led bool
 	results := g.sf.DoChan(key, func() (any, error) {
 		led = true
-		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.callTimeout)
+		// The leader's deadline, if later than the bound, still holds: a
+		// caller that allows a long call must not see it cut short.
+		timeout := g.callTimeout
+		if deadline, ok := ctx.Deadline(); ok {
+			timeout = max(timeout, time.Until(deadline))
+		}
+		callCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 		defer cancel()
 		return fn(callCtx)
 	})

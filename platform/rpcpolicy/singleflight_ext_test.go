@@ -220,3 +220,25 @@ func TestSingleflightFinishedContextSkipsCall(t *testing.T) {
 		t.Errorf("cancelled caller: got called %v, err %v; want no call, Canceled", called, err)
 	}
 }
+
+// TestSingleflightKeepsALongerDeadline: the bound on a shared call does not
+// cut short a leader that allows longer.
+func TestSingleflightKeepsALongerDeadline(t *testing.T) {
+	t.Parallel()
+	g, err := rpcpolicy.NewGroup(rpcpolicy.GroupConfig{CallTimeout: 50 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, _, err = g.Do(ctx, "k", func(ctx context.Context) (any, error) {
+		deadline, ok := ctx.Deadline()
+		if !ok || time.Until(deadline) < 30*time.Second {
+			return nil, errors.New("the shared call's deadline is shorter than the caller's")
+		}
+		return "v", nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

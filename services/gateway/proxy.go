@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
-	"sync"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -97,7 +97,13 @@ func shardKeyField(msg protoreflect.MessageDescriptor) protoreflect.FieldDescrip
 // shardKey returns the routing key of a request, if the method has a shard
 // key field and the request sets it.
 func (m *method) shardKeyOf(msg *dynamicpb.Message) (string, bool) {
-	if m.shardKey == nil || !msg.Has(m.shardKey) {
+	if m.shardKey == nil {
+		return "", false
+	}
+	// An unset string or bytes key means "no key" (a prefix Watch); a
+	// number or bool without presence is a key even at its zero value.
+	kind := m.shardKey.Kind()
+	if !msg.Has(m.shardKey) && (m.shardKey.HasPresence() || kind == protoreflect.StringKind || kind == protoreflect.BytesKind) {
 		return "", false
 	}
 	v := msg.Get(m.shardKey)
@@ -156,9 +162,22 @@ func flightKey(m *method, req *connect.Request[dynamicpb.Message]) (string, bool
 	sb.WriteString(m.procedure)
 	sb.WriteByte(0)
 	sb.Write(b)
-	for _, h := range []string{"Authorization", "Flux-Api-Key"} {
+	// Every header that reaches the backend may change its answer (who
+	// asks, for which tenant): only callers that agree on all of them share.
+	names := make([]string, 0, len(req.Header()))
+	for k := range req.Header() {
+		if !isRequestHopHeader(k) {
+			names = append(names, k)
+		}
+	}
+	slices.Sort(names)
+	for _, k := range names {
 		sb.WriteByte(0)
-		sb.WriteString(req.Header().Get(h))
+		sb.WriteString(k)
+		for _, v := range req.Header()[k] {
+			sb.WriteByte(1)
+			sb.WriteString(v)
+		}
 	}
 	return sb.String(), true
 }
@@ -176,7 +195,7 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 		if err != nil {
 			if lastErr != nil {
 				// Nowhere else to go: the first failure says more.
-				return nil, lastErr
+				return nil, forwardError(lastErr)
 			}
 			return nil, err
 		}
@@ -201,7 +220,7 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 			return resp, nil
 		}
 		if attempt > 0 || !m.retryable() || !b.roundRobin || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
-			return nil, err
+			return nil, forwardError(err)
 		}
 		lastErr = err
 	}
@@ -257,6 +276,8 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 		if err != nil {
 			return nil, err
 		}
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
 		upstream := g.client(m, b.addr).CallClientStream(ctx)
 		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
 		for stream.Receive() {
@@ -265,6 +286,9 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 			}
 		}
 		if err := stream.Err(); err != nil {
+			// Abort, not half-close: a clean end would let the backend act
+			// on a stream the client never finished.
+			cancel()
 			_, _ = upstream.CloseAndReceive()
 			done(nil)
 			return nil, err
@@ -273,7 +297,7 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 		err = backendError(ctx, err)
 		done(breakerError(err))
 		if err != nil {
-			return nil, err
+			return nil, forwardError(err)
 		}
 		res := connect.NewResponse(resp.Msg)
 		copyHeaders(res.Header(), resp.Header())
@@ -297,28 +321,28 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 		upstream := g.client(m, b.addr).CallBidiStream(ctx)
 		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
 		// Requests flow up in their own goroutine, so neither direction
-		// waits for the other (a Pipeline answers while it receives).
-		var (
-			wg      sync.WaitGroup
-			recvErr error
-		)
-		wg.Go(func() {
+		// waits for the other (a Pipeline answers while it receives). It
+		// reports how the client's side ended: nil for a half-close.
+		recvDone := make(chan error, 1)
+		go func() {
 			defer func() { _ = upstream.CloseRequest() }()
 			for {
 				msg, err := stream.Receive()
 				if errors.Is(err, io.EOF) {
+					recvDone <- nil
 					return
 				}
 				if err != nil {
-					recvErr = err
+					recvDone <- err
 					cancel()
 					return
 				}
 				if err := upstream.Send(msg); err != nil {
-					return // the backend's answer says why
+					recvDone <- nil // the backend's answer says why
+					return
 				}
 			}
-		})
+		}()
 		headersSent := false
 		var sendErr error
 		for {
@@ -335,23 +359,46 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 			}
 			if err := stream.Send(msg); err != nil {
 				cancel()
-				wg.Wait()
 				_ = upstream.CloseResponse()
 				done(nil)
 				return err
 			}
 		}
-		cancel()
-		wg.Wait()
+		// The backend has finished. The request goroutine may still be
+		// reading the client, which nothing but returning unblocks: do not
+		// wait for it (returning ends the request body it reads).
 		_ = upstream.CloseResponse()
-		if recvErr != nil {
-			done(nil)
-			return recvErr
+		select {
+		case recvErr := <-recvDone:
+			if recvErr != nil {
+				done(nil)
+				return recvErr
+			}
+		default:
 		}
 		done(breakerError(sendErr))
+		if !headersSent {
+			copyHeaders(stream.ResponseHeader(), upstream.ResponseHeader())
+		}
 		copyHeaders(stream.ResponseTrailer(), upstream.ResponseTrailer())
 		return sendErr
 	}
+}
+
+// forwardError returns a backend's error as the gateway's own, with its
+// code, message, details and metadata: connect does not write the metadata
+// of an error that came off the wire.
+func forwardError(err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	out := connect.NewError(ce.Code(), errors.New(ce.Message()))
+	for _, d := range ce.Details() {
+		out.AddDetail(d)
+	}
+	copyHeaders(out.Meta(), ce.Meta())
+	return out
 }
 
 // breakerError is what a backend's answer tells its circuit breaker: an
@@ -418,11 +465,15 @@ var hopHeaders = map[string]bool{
 // deadline travels in the context, not as a header.
 func copyRequestHeaders(dst, src http.Header) {
 	for k, vs := range src {
-		if hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-") || strings.HasPrefix(k, "Sec-") {
+		if isRequestHopHeader(k) {
 			continue
 		}
 		dst[k] = append(dst[k], vs...)
 	}
+}
+
+func isRequestHopHeader(k string) bool {
+	return hopHeaders[k] || strings.HasPrefix(k, "Connect-") || strings.HasPrefix(k, "Grpc-") || strings.HasPrefix(k, "Sec-")
 }
 
 // copyHeaders copies a backend's response metadata to the caller.
