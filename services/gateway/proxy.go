@@ -286,10 +286,12 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 			}
 		}
 		if err := stream.Err(); err != nil {
-			// Abort, not half-close: a clean end would let the backend act
-			// on a stream the client never finished.
+			// Abort, never half-close: a clean end would let the backend act
+			// on a stream the client never finished. Cancelling resets the
+			// backend's stream and releases the call; closing the request
+			// first (CloseAndReceive) could race the reset and end the
+			// stream cleanly.
 			cancel()
-			_, _ = upstream.CloseAndReceive()
 			done(nil)
 			return nil, err
 		}
