@@ -55,41 +55,7 @@ func TestREADMEQuickstart(t *testing.T) {
 		t.Fatal("the quickstart no longer says `go run ./cmd/flux dev` and `go test ./...`")
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errOut syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(&environment{ctx: ctx, stdin: strings.NewReader(""), stdout: &out, stderr: &errOut}, []string{
-			"dev", "--data-dir", t.TempDir(), "--base-port", "0", "--admin-base-port", "0",
-			"--gateway-listen", "127.0.0.1:0", "--gateway-admin-listen", "127.0.0.1:0",
-			"--etcd-listen", "http://127.0.0.1:0", "--log-level", "error",
-		})
-	}()
-	defer func() {
-		cancel()
-		if code := <-done; code != exitOK {
-			t.Errorf("flux dev exited %d:\n%s", code, errOut.String())
-		}
-	}()
-	gatewayRE := regexp.MustCompile(`gateway\s+(http://\S+)`)
-	etcdRE := regexp.MustCompile(`etcd\s+(http://\S+)`)
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(out.String(), "Ctrl-C stops everything") {
-		select {
-		case code := <-done:
-			done <- code
-			t.Fatalf("flux dev exited %d before it was up:\n%s", code, errOut.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flux dev did not come up in 60s:\n%s\n%s", out.String(), errOut.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	gw, etcd := gatewayRE.FindStringSubmatch(out.String()), etcdRE.FindStringSubmatch(out.String())
-	if gw == nil || etcd == nil {
-		t.Fatalf("flux dev did not print the gateway and etcd:\n%s", out.String())
-	}
+	gateway, etcd := startDev(t)
 
 	ran := 0
 	for _, line := range strings.Split(section, "\n") {
@@ -105,11 +71,11 @@ func TestREADMEQuickstart(t *testing.T) {
 			}
 			for i, a := range args {
 				if a == "http://127.0.0.1:2379" {
-					args[i] = etcd[1]
+					args[i] = etcd
 				}
 			}
 			if !strings.Contains(part, "--etcd") {
-				args = append(args, "--endpoint", gw[1])
+				args = append(args, "--endpoint", gateway)
 			}
 			got := flux("", args...)
 			ran++
@@ -130,4 +96,46 @@ func TestREADMEQuickstart(t *testing.T) {
 	if ran < 8 {
 		t.Errorf("ran only %d commands from the quickstart", ran)
 	}
+}
+
+// startDev runs `flux dev` in-process on free ports until the test ends and
+// returns the URLs of its gateway and etcd.
+func startDev(t *testing.T) (gateway, etcd string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errOut syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(&environment{ctx: ctx, stdin: strings.NewReader(""), stdout: &out, stderr: &errOut}, []string{
+			"dev", "--data-dir", t.TempDir(), "--base-port", "0", "--admin-base-port", "0",
+			"--gateway-listen", "127.0.0.1:0", "--gateway-admin-listen", "127.0.0.1:0",
+			"--etcd-listen", "http://127.0.0.1:0", "--log-level", "error",
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != exitOK {
+			t.Errorf("flux dev exited %d:\n%s", code, errOut.String())
+		}
+	})
+	gatewayRE := regexp.MustCompile(`gateway\s+(http://\S+)`)
+	etcdRE := regexp.MustCompile(`etcd\s+(http://\S+)`)
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(out.String(), "Ctrl-C stops everything") {
+		select {
+		case code := <-done:
+			done <- code
+			t.Fatalf("flux dev exited %d before it was up:\n%s", code, errOut.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flux dev did not come up in 60s:\n%s\n%s", out.String(), errOut.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	gw, e := gatewayRE.FindStringSubmatch(out.String()), etcdRE.FindStringSubmatch(out.String())
+	if gw == nil || e == nil {
+		t.Fatalf("flux dev did not print the gateway and etcd:\n%s", out.String())
+	}
+	return gw[1], e[1]
 }
