@@ -2,11 +2,11 @@
 // own: the binary is cmd/flux, the libraries are under platform/ and the
 // deployable services under services/.
 //
-// Running `go generate .` here regenerates gen/ and sdk/ts/src/gen/ from the
+// Running `go generate .` here regenerates gen/ (Go, and TypeScript in gen/ts) from the
 // schemas in proto/, using only the Go module proxy and npm: protovalidate's
 // schema is printed from the Go module that registers it, then buf runs the
 // Go plugins pinned in go.mod and protoc-gen-es, pinned by
-// sdk/ts/package-lock.json (install it first: npm ci --prefix sdk/ts).
+// package-lock.json (install it first: npm ci).
 // Last, docs/api.md is written from the image of proto/ that buf builds,
 // which holds the schemas' comments.
 package fluxkv

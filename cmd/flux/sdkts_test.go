@@ -13,7 +13,7 @@ import (
 // TestTypeScriptExample runs the TypeScript SDK's example under Node with
 // each protocol against `flux dev`'s gateway, and compares what it prints
 // with the output docs/sdk-typescript.md shows. It needs Node and the SDK's
-// npm dependencies (npm ci --prefix sdk/ts); without them it skips, except
+// npm dependencies (npm ci at the repository root); without them it skips, except
 // in CI, where .ci/run installs them and a missing one is a failure.
 func TestTypeScriptExample(t *testing.T) {
 	if testing.Short() {
@@ -23,12 +23,12 @@ func TestTypeScriptExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tsx := filepath.Join(sdk, "node_modules", ".bin", "tsx")
+	tsx := filepath.Join(sdk, "..", "..", "node_modules", ".bin", "tsx")
 	if _, err := os.Stat(tsx); err != nil {
 		if os.Getenv("CI") != "" {
-			t.Fatalf("the TypeScript SDK's dependencies are missing (%v); run npm ci --prefix sdk/ts", err)
+			t.Fatalf("the TypeScript SDK's dependencies are missing (%v); run npm ci at the repository root", err)
 		}
-		t.Skipf("the TypeScript SDK's dependencies are missing; run npm ci --prefix sdk/ts")
+		t.Skipf("the TypeScript SDK's dependencies are missing; run npm ci at the repository root")
 	}
 	want := documentedOutput(t)
 
