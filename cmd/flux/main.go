@@ -1,7 +1,8 @@
 // Command flux is the single Flux-KV binary: `flux node` runs a node, `flux
 // dev` a whole cluster in one process, `flux get|put|del|scan|watch|health`
-// and `flux cluster` are the command-line client, and `flux cdc tail`
-// consumes the change events nodes publish to RabbitMQ.
+// and `flux cluster` are the command-line client, `flux bench` loads a
+// cluster (or Redis, for comparison), and `flux cdc tail` consumes the
+// change events nodes publish to RabbitMQ.
 //
 // Exit codes: 0 success; 1 the key was not found, a condition did not hold,
 // or the target is not serving; 2 a usage, connection or server error.
@@ -50,6 +51,7 @@ func commands() []*command {
 		scanCommand(),
 		watchCommand(),
 		healthCommand(),
+		benchCommand(),
 		clusterCommand(),
 		cdcCommand(),
 		aofCommand(),
