@@ -44,7 +44,7 @@ func Listen(addr string, handler http.Handler) (*Server, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	return &Server{http: srv, ln: ln}, nil
+	return &Server{http: srv, ln: bufferedListener{ln}}, nil
 }
 
 // Addr is the address the server listens on, with the port resolved.
