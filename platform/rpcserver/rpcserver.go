@@ -19,8 +19,9 @@ import (
 // Server is an HTTP server bound to a listener. Create it with Listen, run it
 // with Serve and stop it with Shutdown.
 type Server struct {
-	http *http.Server
-	ln   net.Listener
+	http    *http.Server
+	ln      net.Listener
+	workers *workers
 
 	closeOnce sync.Once
 }
@@ -36,15 +37,16 @@ func Listen(addr string, handler http.Handler) (*Server, error) {
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	pool := newWorkers(handler)
 	srv := &http.Server{
-		Handler:   handler,
+		Handler:   pool,
 		Protocols: &protocols,
 		// Slow-header clients must not hold connections open forever; bodies are
 		// left unbounded in time because streams legitimately last long.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	return &Server{http: srv, ln: bufferedListener{ln}}, nil
+	return &Server{http: srv, ln: bufferedListener{ln}, workers: pool}, nil
 }
 
 // Addr is the address the server listens on, with the port resolved.
@@ -67,6 +69,7 @@ func (s *Server) Serve() error {
 // open streams, and returns ctx's error. It is safe to call more than once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	s.workers.Close()
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("graceful shutdown of %s: %w", s.ln.Addr(), err)
@@ -79,5 +82,6 @@ func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		_ = s.http.Close()
 		_ = s.ln.Close()
+		s.workers.Close()
 	})
 }
