@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,9 +12,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 )
@@ -61,6 +63,8 @@ type memberStatus struct {
 }
 
 func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool) int {
+	httpc := httpClient()
+	defer httpc.CloseIdleConnections()
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
 	if err != nil {
 		fmt.Fprintf(env.stderr, "flux cluster: connect to etcd: %v\n", err)
@@ -82,7 +86,8 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 		if inst, ok := snap.Instances[kvv1connect.KVServiceName][id]; ok {
 			m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
 			m.StartedAt = inst.StartedAt.Format(time.RFC3339)
-			if n, err := keysHeld(ctx, inst.AdminAddress); err == nil {
+			if stats, err := nodeStats(ctx, httpc, inst.Address); err == nil {
+				n := stats.GetKeyCount()
 				m.Keys = &n
 			}
 		} else {
@@ -137,25 +142,14 @@ func dash(s string) string {
 	return s
 }
 
-// keysHeld reads flux_store_keys from a node's admin /metrics.
-func keysHeld(ctx context.Context, admin string) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/metrics", nil)
+// nodeStats asks the node at addr (its API port) for its statistics.
+func nodeStats(ctx context.Context, httpc *http.Client, addr string) (*clusterv1.NodeStats, error) {
+	client := clusterv1connect.NewNodeServiceClient(httpc, "http://"+addr, connect.WithGRPC())
+	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	scanner := bufio.NewScanner(resp.Body)
-	for scanner.Scan() {
-		if v, ok := strings.CutPrefix(scanner.Text(), "flux_store_keys "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			return int64(f), err
-		}
-	}
-	return 0, fmt.Errorf("no flux_store_keys in %s/metrics", admin)
+	return resp.Msg.GetStats(), nil
 }
 
 // gatewayStatus is a live gateway and the state of its circuit breakers,

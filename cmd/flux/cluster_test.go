@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,6 +75,29 @@ func TestClusterCommands(t *testing.T) {
 		if !strings.Contains(got.stdout, want) {
 			t.Errorf("cluster status lacks %q:\n%s", want, got.stdout)
 		}
+	}
+	// Each live node reports the keys it holds (NodeService.Stats): the 20
+	// written above, between them.
+	got = flux("", append([]string{"cluster", "status", "--json"}, e...)...)
+	var status struct {
+		Members []struct {
+			ID   string `json:"id"`
+			Keys *int64 `json:"keys"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(got.stdout), &status); err != nil {
+		t.Fatalf("cluster status --json: %v\n%s", err, got.stdout)
+	}
+	var keys int64
+	for _, m := range status.Members {
+		if m.Keys == nil {
+			t.Errorf("cluster status --json: no key count for %s", m.ID)
+			continue
+		}
+		keys += *m.Keys
+	}
+	if keys != 20 {
+		t.Errorf("cluster status --json: the members hold %d keys between them, want 20:\n%s", keys, got.stdout)
 	}
 	if err := nodes[1].Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

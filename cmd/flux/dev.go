@@ -11,6 +11,7 @@ import (
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
+	"github.com/fluxkv/fluxkv/web"
 )
 
 func devCommand() *command {
@@ -121,6 +122,7 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 		ID: "gateway", Listen: cfg.gwListen, AdminListen: cfg.gwAdmin, Etcd: []string{etcd.ClientURL()},
 		Logger:   logger.With(slog.String("node", "gateway")),
 		Policies: gateway.Policies{Singleflight: true},
+		Console:  web.Handler(),
 	})
 	if err != nil {
 		fmt.Fprintf(env.stderr, "flux dev: gateway: %v\n", err)
@@ -142,6 +144,7 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 	}
 	fmt.Fprintf(env.stdout, "Flux-KV dev cluster is up (data in %s)\n", cfg.dataDir)
 	fmt.Fprintf(env.stdout, "  gateway  %s   admin %s\n", gw.APIURL(), gw.AdminURL())
+	fmt.Fprintf(env.stdout, "  console  %s/ui/\n", gw.APIURL())
 	fmt.Fprintf(env.stdout, "  etcd     %s\n", etcd.ClientURL())
 	for i, node := range running {
 		fmt.Fprintf(env.stdout, "  node-%d   %s   admin %s\n", i+1, node.APIURL(), node.AdminURL())

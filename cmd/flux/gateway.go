@@ -6,6 +6,7 @@ import (
 
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/services/gateway"
+	"github.com/fluxkv/fluxkv/web"
 )
 
 func gatewayCommand() *command {
@@ -63,6 +64,7 @@ func gatewayCommand() *command {
 			return usageError(env, c.name, "%v", err)
 		}
 		cfg.Logger, cfg.CORSOrigins, cfg.Etcd = logger, cors, etcd
+		cfg.Console = web.Handler()
 		return runGateway(env, cfg, &observe)
 	}
 	return c

@@ -8,6 +8,10 @@
 // the next live instance. Rate limits, circuit breakers, singleflight,
 // default deadlines, tracing, metrics and an access log apply to every
 // call.
+//
+// The gateway also answers flux.cluster.v1.ClusterService itself, from its
+// view of etcd, its breakers and each node's NodeService, and serves the
+// web console (Config.Console) at /ui/.
 package gateway
 
 import (
@@ -31,6 +35,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/admin"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
@@ -83,6 +88,9 @@ type Config struct {
 	Middleware []func(http.Handler) http.Handler
 	// Registry receives the gateway's metrics; nil creates one.
 	Registry *prometheus.Registry
+	// Console, when set, serves the web console's files from its root; the
+	// gateway mounts it at /ui/, outside the rate limits, which count calls.
+	Console http.Handler
 }
 
 func (c *Config) setDefaults() error {
@@ -129,6 +137,9 @@ type Gateway struct {
 	schemas     *schemaSource
 	backendHTTP *http.Client
 	api, admin  *rpcserver.Server
+	// own are the services the gateway answers itself (ClusterService), for
+	// reflection.
+	own []*resolved
 
 	handlerOptions []connect.HandlerOption
 	clientOptions  []connect.ClientOption
@@ -204,6 +215,11 @@ func New(cfg Config) (_ *Gateway, err error) {
 	if g.schemas, err = newSchemaSource(g.backendHTTP); err != nil {
 		return nil, err
 	}
+	cluster, ok := g.schemas.compiled(clusterv1connect.ClusterServiceName)
+	if !ok {
+		return nil, fmt.Errorf("gateway: %s is not compiled in", clusterv1connect.ClusterServiceName)
+	}
+	g.own = []*resolved{cluster}
 	g.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd: %w", err)
@@ -241,24 +257,45 @@ func New(cfg Config) (_ *Gateway, err error) {
 }
 
 // apiHandler routes the gateway's own services (reflection for everything
-// it serves, health) and, for any other path, the proxied methods.
+// it serves, health, ClusterService), the web console and, for any other
+// path, the proxied methods.
 func (g *Gateway) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	reflector := grpcreflect.NewReflector(
-		grpcreflect.NamerFunc(func() []string { return g.table.Load().names() }),
+		grpcreflect.NamerFunc(g.serviceNames),
 		grpcreflect.WithDescriptorResolver(unionResolver{services: g.resolvedServices}),
 	)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, g.handlerOptions...))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, g.handlerOptions...))
 	mux.Handle(grpchealth.NewHandler(checker{g}, g.handlerOptions...))
+	mux.Handle(clusterv1connect.NewClusterServiceHandler(newClusterService(g), g.handlerOptions...))
 	mux.Handle("/", http.HandlerFunc(g.serveProxied))
 	var h http.Handler = mux
 	h = g.limiter.Handler(h)
 	h = rpcserver.CORS(h, g.cfg.CORSOrigins)
+	if g.cfg.Console != nil {
+		outer := http.NewServeMux()
+		outer.Handle("/ui/", http.StripPrefix("/ui", g.cfg.Console))
+		outer.HandleFunc("/ui", redirectToConsole)
+		outer.Handle("/", h)
+		h = outer
+	}
 	for i := len(g.cfg.Middleware) - 1; i >= 0; i-- {
 		h = g.cfg.Middleware[i](h)
 	}
 	return h
+}
+
+// redirectToConsole sends /ui to /ui/, keeping the query. The Location is
+// relative, so the redirect also holds behind a proxy that serves the
+// gateway under a path of its own.
+func redirectToConsole(w http.ResponseWriter, r *http.Request) {
+	target := "ui/"
+	if r.URL.RawQuery != "" {
+		target += "?" + r.URL.RawQuery
+	}
+	w.Header().Set("Location", target)
+	w.WriteHeader(http.StatusMovedPermanently)
 }
 
 // serveProxied dispatches to the current table. An unknown procedure gets
@@ -272,9 +309,20 @@ func (g *Gateway) serveProxied(w http.ResponseWriter, r *http.Request) {
 	m.handler.ServeHTTP(w, r)
 }
 
+// serviceNames are the services the gateway serves, its own included, for
+// reflection.
+func (g *Gateway) serviceNames() []string {
+	names := g.table.Load().names()
+	for _, res := range g.own {
+		names = append(names, string(res.service.FullName()))
+	}
+	slices.Sort(names)
+	return names
+}
+
 func (g *Gateway) resolvedServices() []*resolved {
 	t := g.table.Load()
-	out := make([]*resolved, 0, len(t.services))
+	out := slices.Clone(g.own)
 	for _, name := range t.names() {
 		out = append(out, t.services[name])
 	}
@@ -301,7 +349,7 @@ func (c checker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpche
 	if c.g.draining.Load() {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 	}
-	if req.Service == "" {
+	if req.Service == "" || req.Service == clusterv1connect.ClusterServiceName {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
 	}
 	if _, ok := c.g.table.Load().services[req.Service]; !ok {
@@ -467,11 +515,12 @@ func (g *Gateway) refresh(ctx context.Context, snap *discovery.Snapshot) {
 	g.forgetGone(snap)
 }
 
-// served returns the services to serve: those with a live instance, and
-// Flux-KV's own while the cluster has members, so that its calls answer
-// Unavailable (retry later) rather than Unimplemented while no node is live.
+// served returns the services to proxy: those with a live instance, except
+// the ones the gateway must not proxy (notProxied), and Flux-KV's own while
+// the cluster has members, so that its calls answer Unavailable (retry
+// later) rather than Unimplemented while no node is live.
 func served(snap *discovery.Snapshot) []string {
-	names := snap.Services()
+	names := slices.DeleteFunc(snap.Services(), func(name string) bool { return notProxied[name] })
 	if len(snap.Members) > 0 && !slices.Contains(names, kvv1connect.KVServiceName) {
 		names = append(names, kvv1connect.KVServiceName)
 	}

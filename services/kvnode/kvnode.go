@@ -1,6 +1,7 @@
 // Package kvnode is the Flux-KV node: it serves flux.kv.v1.KVService from an
-// in-memory store on one h2c port (gRPC, gRPC-Web and Connect), with gRPC
-// reflection and health on the same port, and operator endpoints (/healthz,
+// in-memory store on one h2c port (gRPC, gRPC-Web and Connect), with
+// flux.cluster.v1.NodeService (the node's statistics), gRPC reflection and
+// health on the same port, and operator endpoints (/healthz,
 // /metrics, /debug/pprof/) on a separate admin port.
 package kvnode
 
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/cdc"
@@ -254,16 +256,21 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	// Not serving until Start has joined the cluster.
 	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
 
+	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, validation)...)
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
 		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
-		connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, validation)...),
+		interceptors,
 		connect.WithReadMaxBytes(maxMessage),
 		// Compressing the small messages most calls carry costs more CPU than
 		// it saves bytes (gzip set-up dominated profiles of Put).
 		connect.WithCompressMinBytes(compressMinBytes),
 	))
-	reflector, err := schema.NewReflector(kvv1connect.KVServiceName, grpchealth.HealthV1ServiceName)
+	// NodeService is served here but not registered in etcd: it describes
+	// this node only, and whoever wants it dials the node's API address,
+	// which the node's KVService registration carries.
+	mux.Handle(clusterv1connect.NewNodeServiceHandler(newNodeService(n), interceptors))
+	reflector, err := schema.NewReflector(kvv1connect.KVServiceName, clusterv1connect.NodeServiceName, grpchealth.HealthV1ServiceName)
 	if err != nil {
 		return nil, err
 	}

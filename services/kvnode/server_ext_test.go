@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -93,7 +94,7 @@ func TestReflection(t *testing.T) {
 	for _, n := range names {
 		got = append(got, string(n))
 	}
-	for _, want := range []string{kvv1connect.KVServiceName, "grpc.health.v1.Health"} {
+	for _, want := range []string{kvv1connect.KVServiceName, clusterv1connect.NodeServiceName, "grpc.health.v1.Health"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("reflection lists %v, want it to include %s", got, want)
 		}

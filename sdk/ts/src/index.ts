@@ -7,3 +7,5 @@
 export * from "../../../gen/ts/flux/kv/v1/kv_pb.js";
 export * from "../../../gen/ts/flux/cdc/v1/change_event_pb.js";
 export * from "../../../gen/ts/flux/routing/v1/routing_pb.js";
+export * from "../../../gen/ts/flux/cluster/v1/cluster_pb.js";
+export * from "../../../gen/ts/flux/cluster/v1/node_pb.js";
