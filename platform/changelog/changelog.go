@@ -507,6 +507,15 @@ func (l *Log) Wait(ctx context.Context, rev int64) error {
 	}
 }
 
+// Done reports whether the record of revision rev is already as durable as
+// the policy promises, so that Wait would return nil at once.
+func (l *Log) Done(rev int64) bool {
+	if l.cfg.policy == FsyncAlways {
+		return l.synced.Load() >= rev
+	}
+	return l.written.Load() >= rev
+}
+
 // Synced is the highest revision known to be on stable storage.
 func (l *Log) Synced() int64 {
 	return l.synced.Load()

@@ -21,6 +21,8 @@ import (
 type durability interface {
 	Reserve(ctx context.Context) error
 	Wait(ctx context.Context, rev int64) error
+	// Done reports whether Wait(rev) would return at once.
+	Done(rev int64) bool
 }
 
 // inMemory is the durability of a node without a log: nothing to wait for.
@@ -28,6 +30,7 @@ type inMemory struct{}
 
 func (inMemory) Reserve(context.Context) error     { return nil }
 func (inMemory) Wait(context.Context, int64) error { return nil }
+func (inMemory) Done(int64) bool                   { return true }
 
 func (n *Node) durability() durability {
 	if n.log == nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/coord"
+	"github.com/fluxkv/fluxkv/platform/rpcserver"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
 
@@ -197,6 +198,10 @@ func (h *handler) scanLocal(msg *kvv1.ScanRequest, limit int) (*kvv1.ScanRespons
 // refuses or cannot confirm fails alone, like any other operation: only a
 // broken stream ends the call. The client must read responses while it
 // writes, as HTTP/2 flow control bounds what either side can buffer.
+//
+// Responses ready together leave together: while more are queued, the
+// sender holds the flush that follows each message, and it releases the
+// held ones before it waits for anything.
 func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
 	type pending struct {
 		resp   *kvv1.PipelineResponse
@@ -206,17 +211,36 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 	queue := make(chan pending, 1024)
 	senderDone := make(chan struct{})
 	var sendErr error
+	flushes := rpcserver.Flushes(ctx)
 	go func() {
 		defer close(senderDone)
-		for p := range queue {
+		defer flushes.Release()
+		for {
+			var p pending
+			select {
+			case p = <-queue:
+			default:
+				flushes.Release() // nothing queued: send what is held
+				p = <-queue
+			}
+			if p.resp == nil {
+				return // queue closed
+			}
 			if p.remote != nil {
+				if len(p.remote) == 0 {
+					flushes.Release()
+				}
 				p.resp.Result = <-p.remote
 			}
 			if p.rev > 0 {
+				if !h.dur.Done(p.rev) {
+					flushes.Release()
+				}
 				if err := h.dur.Wait(ctx, p.rev); err != nil {
 					p.resp.Result = errorResult(unconfirmedError(err))
 				}
 			}
+			flushes.Hold(len(queue) > 0)
 			if sendErr = stream.Send(p.resp); sendErr != nil {
 				return
 			}

@@ -23,6 +23,7 @@ type unconfirming struct{}
 
 func (unconfirming) Reserve(context.Context) error     { return nil }
 func (unconfirming) Wait(context.Context, int64) error { return changelog.ErrStalled }
+func (unconfirming) Done(int64) bool                   { return false }
 
 // TestPipelineFailsUnconfirmedWritesAlone: when the log cannot confirm a
 // write, that operation gets an error result and the stream goes on, so a

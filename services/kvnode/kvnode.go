@@ -279,6 +279,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	mux.Handle(grpchealth.NewHandler(n.health))
 
 	var h http.Handler = mux
+	h = rpcserver.CoalesceFlushes(h, kvv1connect.KVServicePipelineProcedure)
 	h = rpcserver.LimitRequestBodies(h, int64(maxMessage)+messageOverhead, serviceDesc)
 	h = rpcserver.CORS(h, n.cfg.CORSOrigins)
 	for i := len(n.cfg.Middleware) - 1; i >= 0; i-- {
