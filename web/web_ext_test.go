@@ -126,3 +126,58 @@ func TestPageLoadsItsFiles(t *testing.T) {
 		}
 	}
 }
+
+// TestAcceptEncoding: gzip goes to clients whose Accept-Encoding allows it
+// by name or by "*", with any weight above zero, in any case.
+func TestAcceptEncoding(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(web.Handler())
+	t.Cleanup(srv.Close)
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	t.Cleanup(client.CloseIdleConnections)
+	tests := []struct {
+		accept string
+		gzip   bool
+	}{
+		{"", false},
+		{"gzip", true},
+		{"GZIP", true},
+		{"x-gzip", true},
+		{"br, gzip", true},
+		{"gzip;q=0", false},
+		{"gzip; q=0", false},
+		{"gzip;Q=0", false},
+		{"gzip;q=0.000", false},
+		{"gzip;q=0.001", true},
+		{"gzip;q=0.5", true},
+		{"gzip ; Q=0.5", true},
+		{"gzip;q=1", true},
+		{"gzip;q=nonsense", false},
+		{"gzip;q=NaN", false},
+		{"*", true},
+		{"*;q=0", false},
+		{"br, *;q=0.1", true},
+		{"gzip;q=0, *", false}, // named beats "*"
+		{"*;q=0, gzip", true},
+		{"identity", false},
+		{"br", false},
+	}
+	for i, tt := range tests {
+		req, err := http.NewRequest(http.MethodGet, srv.URL+"/console.js", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tt.accept != "" {
+			req.Header.Set("Accept-Encoding", tt.accept)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got := resp.Header.Get("Content-Encoding") == "gzip"; got != tt.gzip {
+			t.Errorf("#%d: Accept-Encoding %q: got gzip %v, want %v", i, tt.accept, got, tt.gzip)
+		}
+	}
+}

@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -79,23 +81,31 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 	snap := w.Snapshot()
 	w.Close()
 
-	var members []memberStatus
+	// Every node and gateway is asked at once, each within askTimeout, so
+	// one that hangs costs the command that long and hides nothing else.
+	var wg sync.WaitGroup
+	ids := snap.MemberIDs()
+	members := make([]memberStatus, len(ids))
 	down := 0
-	for _, id := range snap.MemberIDs() {
-		m := memberStatus{ID: id}
-		if inst, ok := snap.Instances[kvv1connect.KVServiceName][id]; ok {
-			m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
-			m.StartedAt = inst.StartedAt.Format(time.RFC3339)
+	for i, id := range ids {
+		m := &members[i]
+		m.ID = id
+		inst, ok := snap.Instances[kvv1connect.KVServiceName][id]
+		if !ok {
+			down++
+			continue
+		}
+		m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
+		m.StartedAt = inst.StartedAt.Format(time.RFC3339)
+		wg.Go(func() {
 			if stats, err := nodeStats(ctx, httpc, inst.Address); err == nil {
 				n := stats.GetKeyCount()
 				m.Keys = &n
 			}
-		} else {
-			down++
-		}
-		members = append(members, m)
+		})
 	}
-	gateways := gatewayStatuses(ctx, snap)
+	gateways := gatewayStatuses(ctx, &wg, snap)
+	wg.Wait()
 	if asJSON {
 		printJSON(env, struct {
 			Members  []memberStatus  `json:"members"`
@@ -142,8 +152,14 @@ func dash(s string) string {
 	return s
 }
 
-// nodeStats asks the node at addr (its API port) for its statistics.
+// askTimeout bounds each call cluster status makes to a node or a gateway.
+const askTimeout = time.Second
+
+// nodeStats asks the node at addr (its API port) for its statistics,
+// within askTimeout.
 func nodeStats(ctx context.Context, httpc *http.Client, addr string) (*clusterv1.NodeStats, error) {
+	ctx, cancel := context.WithTimeout(ctx, askTimeout)
+	defer cancel()
 	client := clusterv1connect.NewNodeServiceClient(httpc, "http://"+addr, connect.WithGRPC())
 	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
@@ -177,17 +193,26 @@ func (g gatewayStatus) circuits() string {
 	return strings.Join(parts, " ")
 }
 
-// gatewayStatuses asks every live gateway for its breakers' states.
-func gatewayStatuses(ctx context.Context, snap *discovery.Snapshot) []gatewayStatus {
+// gatewayStatuses asks every live gateway for its breakers' states, each
+// within askTimeout, on goroutines of wg: the statuses are complete when wg
+// is done.
+func gatewayStatuses(ctx context.Context, wg *sync.WaitGroup, snap *discovery.Snapshot) []gatewayStatus {
 	ids := slices.Sorted(maps.Keys(snap.Gateways))
-	out := make([]gatewayStatus, 0, len(ids))
-	for _, id := range ids {
+	out := make([]gatewayStatus, len(ids))
+	for i, id := range ids {
 		inst := snap.Gateways[id]
-		g := gatewayStatus{ID: id, Address: inst.Address, AdminAddress: inst.AdminAddress}
-		if err := getJSON(ctx, "http://"+inst.AdminAddress+"/breakers", &g.Breakers); err != nil {
-			g.Error = err.Error()
-		}
-		out = append(out, g)
+		g := &out[i]
+		*g = gatewayStatus{ID: id, Address: inst.Address, AdminAddress: inst.AdminAddress}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(ctx, askTimeout)
+			defer cancel()
+			switch err := getJSON(ctx, "http://"+inst.AdminAddress+"/breakers", &g.Breakers); {
+			case errors.Is(err, context.DeadlineExceeded):
+				g.Error = "timed out"
+			case err != nil:
+				g.Error = err.Error()
+			}
+		})
 	}
 	return out
 }

@@ -6,10 +6,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -99,6 +106,69 @@ func TestClusterCommands(t *testing.T) {
 	if keys != 20 {
 		t.Errorf("cluster status --json: the members hold %d keys between them, want 20:\n%s", keys, got.stdout)
 	}
+	// A node and a gateway that hang (registered, live, never answering)
+	// cost the command a second each and hide nothing else: both are
+	// asked alongside the others, each within its own deadline.
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.ClientURL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	hung := silentListener(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// "a-hung" sorts first, so a command that asked in turn under one
+	// deadline would spend all of it there.
+	if _, err := discovery.AddMember(ctx, client, "a-hung", true); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	regNode, err := discovery.Register(ctx, client, kvv1connect.KVServiceName, discovery.Instance{ID: "a-hung", Address: hung, AdminAddress: hung, StartedAt: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regGateway, err := discovery.RegisterGateway(ctx, client, discovery.Instance{ID: "a-hung-gw", Address: hung, AdminAddress: hung, StartedAt: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = flux("", append([]string{"cluster", "status", "--json", "--timeout", "5s"}, e...)...)
+	var withHung struct {
+		Members []struct {
+			ID   string `json:"id"`
+			Live bool   `json:"live"`
+			Keys *int64 `json:"keys"`
+		} `json:"members"`
+		Gateways []struct {
+			ID       string            `json:"id"`
+			Breakers map[string]string `json:"breakers"`
+			Error    string            `json:"error"`
+		} `json:"gateways"`
+	}
+	if err := json.Unmarshal([]byte(got.stdout), &withHung); err != nil || got.code != 0 {
+		t.Fatalf("cluster status with a hung node: %v\n%+v", err, got)
+	}
+	for _, m := range withHung.Members {
+		if hasKeys := m.Keys != nil; !m.Live || hasKeys == (m.ID == "a-hung") {
+			t.Errorf("cluster status with a hung node: member %s: live %v, keys %v; want live, and a key count unless hung", m.ID, m.Live, m.Keys)
+		}
+	}
+	for _, g := range withHung.Gateways {
+		if hung := g.ID == "a-hung-gw"; hung && g.Error != "timed out" || !hung && (g.Error != "" || len(g.Breakers) == 0) {
+			t.Errorf("cluster status with a hung gateway: gateway %s: breakers %v, error %q", g.ID, g.Breakers, g.Error)
+		}
+	}
+	if len(withHung.Members) != 3 || len(withHung.Gateways) != 2 {
+		t.Errorf("cluster status with a hung node and gateway: got %d members and %d gateways, want 3 and 2:\n%s", len(withHung.Members), len(withHung.Gateways), got.stdout)
+	}
+	for _, reg := range []*discovery.Registration{regNode, regGateway} {
+		if err := reg.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := client.Delete(ctx, discovery.MemberKey("a-hung")); err != nil {
+		t.Fatal(err)
+	}
+
 	if err := nodes[1].Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -106,4 +176,40 @@ func TestClusterCommands(t *testing.T) {
 	if got.code != 1 || !strings.Contains(got.stdout, `"id": "node-2",`+"\n"+`      "live": false`) {
 		t.Fatalf("cluster status with node-2 down: %+v", got)
 	}
+}
+
+// silentListener accepts connections and never answers on them, like a
+// process that hangs. It returns its address.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
 }

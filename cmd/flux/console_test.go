@@ -6,22 +6,26 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // TestWebConsole drives the web console in a real Chromium against
-// `flux dev`'s gateway: web/test/console.test.mjs puts a key through the
-// console and sees it listed, changes it through the API and sees the live
-// feed update (also across a dropped connection and a pause), deletes it
-// through the console, gets the validation error for an empty key and
-// reads the cluster view. It needs Node, the npm dependencies (npm ci at
-// the repository root, which installs playwright-core) and Chromium
-// (/usr/bin/chromium, or $CHROMIUM); without them it skips, except in CI,
-// where .ci/run installs them and a missing one is a failure.
+// `flux dev`'s gateway, over gRPC-Web and over Connect:
+// web/test/console.test.mjs lists keys a page at a time, shows values as
+// JSON, text and hex, edits and puts keys through the console without
+// changing their bytes, follows the live feed (only while it is on screen)
+// across a tab switch, a hidden page, a dropped connection and a pause
+// without losing or repeating a change, deletes a key, shows validation
+// errors under their fields and reads the cluster view. It needs Node, the
+// npm dependencies (npm ci at the repository root, which installs
+// playwright-core) and Chromium (/usr/bin/chromium, or $CHROMIUM); without
+// them it skips, except in CI, where .ci/run installs them and a missing
+// one is a failure.
 //
-// Screenshots of every view go to web/test/screenshots (git-ignored); with
-// -update, the one of the keys view also replaces docs/console.png.
+// Screenshots of every view go to a temporary directory; with -update,
+// the one of the keys view replaces docs/console.png.
 func TestWebConsole(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a dev cluster and a browser")
@@ -48,16 +52,22 @@ func TestWebConsole(t *testing.T) {
 	}
 
 	gateway, _ := startDev(t)
-	shots := filepath.Join(root, "web", "test", "screenshots")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	shots := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, filepath.Join("web", "test", "console.test.mjs"), gateway, shots)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CHROMIUM="+chromium)
+	// On timeout the script gets SIGTERM, on which Playwright closes
+	// Chromium before the script exits; one that has not exited a while
+	// later is killed, and Chromium, reading its end of a pipe to the
+	// script, exits with it. Either way no browser outlives the test.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 20 * time.Second
 	out, err := cmd.CombinedOutput()
 	t.Logf("web/test/console.test.mjs:\n%s", strings.TrimSpace(string(out)))
 	if err != nil {
-		t.Fatalf("the browser test failed: %v (screenshots in %s)", err, shots)
+		t.Fatalf("the browser test failed: %v (run by hand, node web/test/console.test.mjs GATEWAY_URL DIR keeps its screenshots)", err)
 	}
 	if *update {
 		png, err := os.ReadFile(filepath.Join(shots, "console.png"))

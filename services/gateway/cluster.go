@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -35,13 +36,19 @@ var notProxied = map[string]bool{
 
 // clusterService serves flux.cluster.v1.ClusterService from the gateway's
 // view of etcd and its own circuit breakers.
-type clusterService struct{ g *Gateway }
-
-func newClusterService(g *Gateway) clusterv1connect.ClusterServiceHandler {
-	return clusterService{g}
+type clusterService struct {
+	g *Gateway
+	// failing holds, by node id, how a node's Stats last failed (its
+	// statsError), so that a node that keeps failing alike is logged once,
+	// not on every Status (the console asks every few seconds).
+	failing sync.Map
 }
 
-func (s clusterService) Status(ctx context.Context, _ *connect.Request[clusterv1.StatusRequest]) (*connect.Response[clusterv1.StatusResponse], error) {
+func newClusterService(g *Gateway) clusterv1connect.ClusterServiceHandler {
+	return &clusterService{g: g}
+}
+
+func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv1.StatusRequest]) (*connect.Response[clusterv1.StatusResponse], error) {
 	g := s.g
 	snap := g.watcher.Snapshot()
 	if snap == nil {
@@ -67,8 +74,12 @@ func (s clusterService) Status(ctx context.Context, _ *connect.Request[clusterv1
 		m.Circuit = circuitState(state)
 		wg.Go(func() {
 			stats, err := g.nodeStats(ctx, inst.Address)
+			if ctx.Err() == nil {
+				// Not when the caller gave up: that says nothing of the node.
+				s.noteStats(id, inst.Address, err)
+			}
 			if err != nil {
-				m.StatsError = err.Error()
+				m.StatsError = statsError(err)
 				return
 			}
 			m.Stats = stats
@@ -87,6 +98,43 @@ func (s clusterService) Status(ctx context.Context, _ *connect.Request[clusterv1
 	}
 	wg.Wait()
 	return connect.NewResponse(resp), nil
+}
+
+// noteStats logs the outcome of a node's Stats when it changes: a failure
+// in full (clients see only statsError's phrase), and the recovery.
+func (s *clusterService) noteStats(id, addr string, err error) {
+	if err == nil {
+		if _, was := s.failing.LoadAndDelete(id); was {
+			s.g.cfg.Logger.Info("node answers NodeService.Stats again", slog.String("node", id), slog.String("address", addr))
+		}
+		return
+	}
+	phrase := statsError(err)
+	if prev, ok := s.failing.Swap(id, phrase); ok && prev == phrase {
+		return
+	}
+	s.g.cfg.Logger.Warn("node's statistics unavailable", slog.String("node", id), slog.String("address", addr), slog.Any("error", err))
+}
+
+// statsError is what ClusterService.Status tells clients about a failed
+// NodeService.Stats call: a short phrase by code. The error itself can name
+// internal addresses and the transport's state, so it is only logged.
+func statsError(err error) string {
+	switch connect.CodeOf(err) {
+	case connect.CodeDeadlineExceeded:
+		return "timed out"
+	case connect.CodeUnavailable:
+		return "unreachable"
+	case connect.CodeCanceled:
+		return "canceled"
+	case connect.CodeUnimplemented:
+		return "does not serve NodeService"
+	case connect.CodeResourceExhausted:
+		return "overloaded"
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+		return "refused"
+	}
+	return "failed: " + connect.CodeOf(err).String()
 }
 
 // nodeStats asks the node at addr for its statistics, within statsTimeout.

@@ -265,10 +265,16 @@ func (g *Gateway) apiHandler() http.Handler {
 		grpcreflect.NamerFunc(g.serviceNames),
 		grpcreflect.WithDescriptorResolver(unionResolver{services: g.resolvedServices}),
 	)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector, g.handlerOptions...))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, g.handlerOptions...))
-	mux.Handle(grpchealth.NewHandler(checker{g}, g.handlerOptions...))
-	mux.Handle(clusterv1connect.NewClusterServiceHandler(newClusterService(g), g.handlerOptions...))
+	// The gateway's own services get the limits of the proxied methods:
+	// each message at most MaxMessageBytes, and the body of a unary call
+	// capped before it is read. Reflection is a bidi stream, so only its
+	// messages are.
+	own := append([]connect.HandlerOption{connect.WithReadMaxBytes(g.cfg.MaxMessageBytes)}, g.handlerOptions...)
+	unaryBody := int64(g.cfg.MaxMessageBytes) + bodyOverhead
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, own...))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, own...))
+	mux.Handle(limitBodies(unaryBody)(grpchealth.NewHandler(checker{g}, own...)))
+	mux.Handle(limitBodies(unaryBody)(clusterv1connect.NewClusterServiceHandler(newClusterService(g), own...)))
 	mux.Handle("/", http.HandlerFunc(g.serveProxied))
 	var h http.Handler = mux
 	h = g.limiter.Handler(h)
@@ -284,6 +290,15 @@ func (g *Gateway) apiHandler() http.Handler {
 		h = g.cfg.Middleware[i](h)
 	}
 	return h
+}
+
+// limitBodies caps the request bodies of a service handler (its path and
+// handler, as the generated constructors return them) at maxBytes. Only for
+// services without client streams, whose bodies are one message each.
+func limitBodies(maxBytes int64) func(string, http.Handler) (string, http.Handler) {
+	return func(path string, h http.Handler) (string, http.Handler) {
+		return path, http.MaxBytesHandler(h, maxBytes)
+	}
 }
 
 // redirectToConsole sends /ui to /ui/, keeping the query. The Location is
@@ -342,20 +357,28 @@ func (g *Gateway) liveInstances() int {
 }
 
 // checker answers gRPC health for the gateway ("") and for each service it
-// serves: SERVING while the service has a live instance.
+// serves: SERVING while the service has a live instance. ClusterService,
+// which the gateway answers itself, is SERVING once the gateway has read
+// the cluster's state from etcd: until then Status can only fail.
 type checker struct{ g *Gateway }
 
 func (c checker) Check(_ context.Context, req *grpchealth.CheckRequest) (*grpchealth.CheckResponse, error) {
 	if c.g.draining.Load() {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 	}
-	if req.Service == "" || req.Service == clusterv1connect.ClusterServiceName {
+	snap := c.g.watcher.Snapshot()
+	switch {
+	case req.Service == "":
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
+	case req.Service == clusterv1connect.ClusterServiceName && snap == nil:
+		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
+	case req.Service == clusterv1connect.ClusterServiceName:
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil
 	}
 	if _, ok := c.g.table.Load().services[req.Service]; !ok {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("unknown service %s", req.Service))
 	}
-	if len(c.g.watcher.Snapshot().Instances[req.Service]) == 0 {
+	if snap == nil || len(snap.Instances[req.Service]) == 0 {
 		return &grpchealth.CheckResponse{Status: grpchealth.StatusNotServing}, nil
 	}
 	return &grpchealth.CheckResponse{Status: grpchealth.StatusServing}, nil

@@ -11,6 +11,12 @@ import { formatAge, formatBytes } from "./format.js";
 
 /** refreshEvery is how often the view asks again while it is shown. */
 const refreshEvery = 3000;
+/**
+ * statusTimeout bounds one Status call (the gateway gives each node a
+ * second, all at once): a gateway that does not answer shows as an error,
+ * not as a view that silently stops refreshing.
+ */
+const statusTimeout = 5000;
 
 export interface ClusterView {
   el: HTMLElement;
@@ -20,32 +26,39 @@ export interface ClusterView {
 
 export function clusterView(): ClusterView {
   let timer: ReturnType<typeof setInterval> | undefined;
-  let asked = 0;
+  let inFlight = false;
   const status = h("div", { class: "status", id: "cluster-status", role: "status" });
   const body = h("div", { id: "cluster-body" });
 
+  // refresh asks for the status, unless a call is still out: a slow
+  // gateway gets one call at a time, not one more every few seconds.
   async function refresh() {
-    const n = ++asked;
+    if (inFlight) {
+      return;
+    }
+    inFlight = true;
     try {
-      const res = await cluster.status({});
-      if (n === asked) {
-        render(res);
-      }
+      render(await cluster.status({}, { timeoutMs: statusTimeout }));
     } catch (err) {
-      if (n === asked) {
-        const p = describe(err);
-        status.dataset.kind = "error";
-        status.textContent = `${p.summary} (the view shows the last answer)`;
-      }
+      const p = describe(err);
+      status.dataset.kind = "error";
+      status.textContent = `${p.summary} (the view shows the last answer)`;
+    } finally {
+      inFlight = false;
     }
   }
 
   function render(res: StatusResponse) {
     const live = res.members.filter((m) => m.live).length;
-    status.dataset.kind = live === res.members.length ? "ok" : "warn";
-    status.textContent = `${res.members.length} ${res.members.length === 1 ? "member" : "members"}, ${live} live` +
-      `${res.holdsData ? "; the cluster holds data" : "; the cluster holds no data yet"}` +
-      `. Answered by gateway “${res.gatewayId}” at ${new Date().toLocaleTimeString(undefined, { hour12: false })}.`;
+    const at = `Answered by gateway “${res.gatewayId}” at ${new Date().toLocaleTimeString(undefined, { hour12: false })}.`;
+    if (res.members.length === 0) {
+      status.dataset.kind = "warn";
+      status.textContent = `No members: no node has joined the cluster yet. ${at}`;
+    } else {
+      status.dataset.kind = live === res.members.length ? "ok" : "warn";
+      status.textContent = `${res.members.length} ${res.members.length === 1 ? "member" : "members"}, ${live} live` +
+        `${res.holdsData ? "; the cluster holds data" : "; the cluster holds no data yet"}. ${at}`;
+    }
     mount(body,
       h("h2", null, "Members"),
       h("table", { class: "grid members", id: "members" },

@@ -15,7 +15,8 @@ const tabs = [
 ] as const;
 
 const cluster = clusterView();
-const views: Record<string, HTMLElement> = { keys: keysView(), watch: watchView(), cluster: cluster.el };
+const watch = watchView();
+const views: Record<string, HTMLElement> = { keys: keysView(), watch: watch.el, cluster: cluster.el };
 const links = tabs.map((t) => h("a", { href: `#${t.id}`, role: "tab", id: `tab-${t.id}`, "aria-controls": t.id }, t.label));
 
 // show makes the tab named by the URL's fragment the visible one.
@@ -27,6 +28,8 @@ function show() {
   for (const a of links) {
     a.setAttribute("aria-selected", String(a.id === `tab-${current}`));
   }
+  // Only the open view calls the gateway over and over.
+  watch.shown(current === "watch");
   cluster.shown(current === "cluster");
 }
 

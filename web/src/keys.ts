@@ -1,25 +1,29 @@
 // The Keys view: browse keys by prefix a page at a time (Scan with its
 // cursor), look at one (Get), write one (Put, with a TTL and a condition)
 // and delete it.
-import { durationFromMs, durationMs } from "@bufbuild/protobuf/wkt";
+import { durationMs } from "@bufbuild/protobuf/wkt";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { KeyValue, PutRequestSchema } from "../../gen/ts/flux/kv/v1/kv_pb.js";
 import { kv } from "./client.js";
 import { h, mount } from "./dom.js";
 import { describe, type Problem } from "./errors.js";
-import { encodeValue, formatBytes, formatDuration, parseDuration, showValue, type Encoding } from "./format.js";
+import {
+  editableText, encodeValue, formatBytes, formatDuration, renderView, showValue, ttlDuration, type Encoding, type View,
+} from "./format.js";
 
 /** The fields of the put form, by their path in a PutRequest. */
 const putFields = ["key", "value", "ttl", "keep_ttl", "if_revision"] as const;
 
 export function keysView(): HTMLElement {
-  // Paging: cursors[i] is the cursor that fetches page i.
+  // Paging: cursors[i] is the cursor that fetches page i, known for the
+  // pages up to the one after the page shown. A page is shown, and its
+  // next cursor kept, only once its scan has answered.
   let prefix = "";
   let limit = 50;
   let cursors = [""];
   let page = 0;
-  let nextCursor = "";
+  let loading = false;
   let loads = 0; // numbers scans, so a slow answer cannot overwrite a newer one
   let selected: string | undefined;
 
@@ -30,43 +34,51 @@ export function keysView(): HTMLElement {
   const rows = h("tbody", { id: "key-rows" });
   const prev = h("button", { type: "button", id: "page-prev", onclick: () => go(page - 1) }, "← Previous");
   const next = h("button", { type: "button", id: "page-next", onclick: () => go(page + 1) }, "Next →");
-  const pageLabel = h("span", { class: "page-label" });
+  const pageLabel = h("span", { class: "page-label", id: "page-label" });
   const detail = h("div", { class: "detail", id: "key-detail" });
 
-  async function load() {
+  // load shows page `to` (by default the page shown, again). While it
+  // loads, the pager is disabled: a second click cannot skip a page or
+  // reuse the cursor of the page before.
+  async function load(to = page) {
     const n = ++loads;
+    loading = true;
+    prev.disabled = next.disabled = true;
     scanStatus.dataset.kind = "busy";
     scanStatus.textContent = "Scanning…";
     try {
-      const res = await kv.scan({ prefix, limit, cursor: cursors[page], keysOnly: true });
+      const res = await kv.scan({ prefix, limit, cursor: cursors[to], keysOnly: true });
       if (n !== loads) {
         return;
       }
-      nextCursor = res.nextCursor;
+      page = to;
+      cursors = cursors.slice(0, page + 1);
+      if (res.nextCursor) {
+        cursors.push(res.nextCursor);
+      }
       mount(rows, res.items.length ? res.items.map(row) : h("tr", null, h("td", { colspan: 3, class: "empty" }, "No keys" + (prefix ? ` under “${prefix}”` : "") + (page ? " on this page." : "."))));
       const where = prefix ? ` under “${prefix}”` : "";
       scanStatus.dataset.kind = "ok";
-      scanStatus.textContent = `${res.items.length} ${res.items.length === 1 ? "key" : "keys"}${where} on page ${page + 1}${nextCursor ? "; more follow" : ""}.`;
+      scanStatus.textContent = `${res.items.length} ${res.items.length === 1 ? "key" : "keys"}${where} on page ${page + 1}${res.nextCursor ? "; more follow" : ""}.`;
     } catch (err) {
       if (n !== loads) {
         return;
       }
-      showProblem(scanStatus, describe(err));
+      const p = describe(err);
+      p.notes.push(to === page ? "The list below may be out of date." : `The list below is still page ${page + 1}.`);
+      showProblem(scanStatus, p);
     }
+    loading = false;
     prev.disabled = page === 0;
-    next.disabled = nextCursor === "";
+    next.disabled = page + 1 >= cursors.length;
     pageLabel.textContent = `Page ${page + 1}`;
   }
 
   function go(to: number) {
-    if (to > page) {
-      if (!nextCursor) {
-        return;
-      }
-      cursors = [...cursors.slice(0, to), nextCursor];
+    if (loading || to < 0 || to >= cursors.length) {
+      return;
     }
-    page = Math.max(0, to);
-    void load();
+    void load(to);
   }
 
   function scan(e?: Event) {
@@ -75,7 +87,8 @@ export function keysView(): HTMLElement {
     limit = Number(limitSelect.value);
     cursors = [""];
     page = 0;
-    void load();
+    rows.replaceChildren();
+    void load(0);
   }
 
   function row(item: KeyValue): HTMLTableRowElement {
@@ -118,7 +131,7 @@ export function keysView(): HTMLElement {
     const status = h("div", { class: "status", id: "detail-status", role: "status" });
     const del = h("button", { type: "button", id: "delete-key", class: "danger", onclick: () => confirmDelete() }, "Delete");
     const actions = h("div", { class: "actions" },
-      h("button", { type: "button", id: "edit-key", onclick: () => edit(key, value, shown.kind, revision, ttl !== undefined) }, "Edit"),
+      h("button", { type: "button", id: "edit-key", onclick: () => edit(key, value, revision, ttl !== undefined) }, "Edit"),
       del);
     function confirmDelete() {
       mount(actions,
@@ -126,15 +139,49 @@ export function keysView(): HTMLElement {
         h("button", { type: "button", id: "confirm-delete", class: "danger", onclick: () => void remove(key, status) }, "Delete"),
         h("button", { type: "button", onclick: () => showKey(key, value, revision, ttl) }, "Cancel"));
     }
+    // The Text / JSON / Hex toggle: each view that applies to the value
+    // (Text needs UTF-8, JSON a JSON document), the detected one first on.
+    const pre = h("pre", { id: "detail-value" });
+    const toggles = (["text", "json", "hex"] as const).map((view) =>
+      h("button", { type: "button", id: `view-${view}`, "data-view": view, onclick: () => showAs(view) }, viewLabel[view]));
+    // Each rendering is made once, when first needed: a value can be large.
+    const rendered = new Map<View, string | undefined>([[shown.kind === "empty" ? "text" : shown.kind, shown.text]]);
+    const render = (view: View) => {
+      if (!rendered.has(view)) {
+        rendered.set(view, renderView(value, view));
+      }
+      return rendered.get(view);
+    };
+    function showAs(view: View) {
+      const text = render(view);
+      if (text === undefined) {
+        return;
+      }
+      pre.className = `value ${view}`;
+      pre.textContent = text;
+      for (const b of toggles) {
+        b.setAttribute("aria-pressed", String(b.dataset.view === view));
+      }
+    }
+    for (const b of toggles) {
+      // Hex always applies: no need to make it before it is asked for.
+      b.disabled = value.length === 0 || (b.dataset.view !== "hex" && render(b.dataset.view as View) === undefined);
+    }
     mount(detail,
       h("h2", { class: "mono detail-key" }, key),
       h("dl", { class: "meta" },
         h("dt", null, "Revision"), h("dd", { id: "detail-revision" }, revision),
         h("dt", null, "TTL"), h("dd", null, ttlCell(ttl, "none")),
         h("dt", null, "Value"), h("dd", { id: "detail-kind" }, `${formatBytes(value.length)}, ${kindLabel[shown.kind]}`)),
-      h("pre", { class: `value ${shown.kind}`, id: "detail-value" }, shown.text),
+      h("div", { class: "view-toggle", role: "group", "aria-label": "Show the value as" }, toggles),
+      pre,
       actions,
       status);
+    if (shown.kind === "empty") {
+      pre.className = "value empty";
+    } else {
+      showAs(shown.kind);
+    }
   }
 
   async function remove(key: string, status: HTMLElement) {
@@ -171,14 +218,19 @@ export function keysView(): HTMLElement {
     putRevision.hidden = putCondition.value !== "if_revision";
   }
 
-  function edit(key: string, value: Uint8Array, kind: string, revision: bigint, hasTTL: boolean) {
+  // edit copies a key into the put form. The value goes in as text only
+  // when the textarea gives back exactly its bytes (no carriage return, no
+  // control bytes, a byte order mark kept), and in hex otherwise, so that
+  // Edit then Put never changes a byte that was not edited.
+  function edit(key: string, value: Uint8Array, revision: bigint, hasTTL: boolean) {
     putKey.value = key;
-    if (kind === "hex") {
+    const text = editableText(value);
+    if (text === undefined) {
       putEncoding.value = "hex";
       putValue.value = Array.from(value, (b) => b.toString(16).padStart(2, "0")).join(" ");
     } else {
       putEncoding.value = "text";
-      putValue.value = new TextDecoder().decode(value);
+      putValue.value = text;
     }
     putTTL.value = "";
     putKeepTTL.checked = hasTTL;
@@ -202,7 +254,7 @@ export function keysView(): HTMLElement {
     }
     if (putTTL.value.trim() !== "") {
       try {
-        req.ttl = durationFromMs(parseDuration(putTTL.value));
+        req.ttl = ttlDuration(putTTL.value);
       } catch (err) {
         problem.fields.set("ttl", [(err as Error).message]);
       }
@@ -292,7 +344,8 @@ export function keysView(): HTMLElement {
           putStatus))));
 }
 
-const kindLabel: Record<string, string> = { empty: "empty", json: "JSON, pretty-printed", text: "UTF-8 text", hex: "binary, in hex" };
+const kindLabel: Record<string, string> = { empty: "empty", json: "JSON", text: "UTF-8 text", hex: "binary" };
+const viewLabel: Record<View, string> = { text: "Text", json: "JSON", hex: "Hex" };
 
 // ttlCell shows the time a key has left, counting down, or fallback when it
 // has no TTL. The count starts from the TTL the server reported, so the

@@ -1,33 +1,43 @@
 // The Live changes view: a Watch on a prefix, shown as a feed, newest
-// first. The watch keeps the resume_token of every response it reads;
-// when the stream fails it backs off and watches again from that token, so
-// the feed continues without gaps or duplicates. Pausing ends the stream
-// and keeps the token: resuming replays what happened meanwhile.
-import { Code, ConnectError } from "@connectrpc/connect";
+// first. The watch (follow.ts) keeps the resume_token of every response
+// and, when the stream fails, watches again from it, so the feed continues
+// without gaps or duplicates.
+//
+// The view watches only while it is on screen: while another tab is open,
+// or the browser hides the page, the stream is closed and the token kept,
+// and coming back resumes from it, replaying what happened meanwhile.
+// Pausing does the same until Resume.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Op, type ChangeEvent } from "../../gen/ts/flux/cdc/v1/change_event_pb.js";
-import { WatchCompactedSchema } from "../../gen/ts/flux/kv/v1/kv_pb.js";
 import { kv } from "./client.js";
 import { h, mount } from "./dom.js";
-import { describe } from "./errors.js";
-import { formatClock, formatDuration, preview } from "./format.js";
+import { follow, type FollowState } from "./follow.js";
+import { formatClock, preview } from "./format.js";
 
 /** maxRows bounds the feed; older rows are dropped. */
 const maxRows = 500;
-/** Reconnection backs off from minDelay to maxDelay, doubling. */
-const minDelay = 500;
-const maxDelay = 10_000;
 
-type State = "stopped" | "connecting" | "live" | "paused" | "retrying" | "failed";
+type State = FollowState | "stopped" | "paused" | "suspended";
 
-export function watchView(): HTMLElement {
+export interface WatchView {
+  el: HTMLElement;
+  /** shown says whether the view is the open tab. */
+  shown(on: boolean): void;
+}
+
+export function watchView(): WatchView {
   let prefix = "";
-  let token = "";
+  let token = ""; // where the feed leaves off: the last token a run handed over
+  // want is what the user asked for; the stream runs while it is "watch"
+  // and the view is on screen.
+  let want: "watch" | "paused" | "stopped" = "watch";
+  let started = false; // a watch has been started since the page opened
+  let onScreen = false;
   let run: AbortController | undefined;
   let count = 0;
 
   const prefixInput = h("input", { id: "watch-prefix", name: "prefix", placeholder: "every key", autocomplete: "off", spellcheck: "false" });
-  const pauseButton = h("button", { type: "button", id: "watch-pause", onclick: () => (run ? pause() : resume()) }, "Pause");
+  const pauseButton = h("button", { type: "button", id: "watch-pause", onclick: () => (want === "paused" ? resume() : pause()) }, "Pause");
   const stopButton = h("button", { type: "button", id: "watch-stop", onclick: () => stop() }, "Stop");
   const status = h("div", { class: "status", id: "watch-status", role: "status" });
   const counter = h("span", { class: "muted", id: "watch-count" });
@@ -44,91 +54,88 @@ export function watchView(): HTMLElement {
 
   const target = () => (prefix ? `keys under “${prefix}”` : "every key");
 
+  // sync starts or ends the stream to match what the user wants and
+  // whether anyone can see the feed.
+  function sync() {
+    const visible = onScreen && document.visibilityState === "visible";
+    if (want === "watch" && visible && !run) {
+      if (!started) {
+        started = true;
+        marker(`watching ${target()}`);
+      }
+      run = follow(token, {
+        watch: (from, signal) => kv.watch({ target: { case: "prefix", value: prefix }, resumeToken: from }, { signal }),
+        state: (state, why) => {
+          switch (state) {
+            case "connecting":
+              setState(state, `Connecting: ${target()}…`);
+              break;
+            case "live":
+              setState(state, `Live: ${target()}.`);
+              break;
+            case "retrying":
+              setState(state, why ?? "");
+              break;
+            case "failed":
+              run = undefined;
+              want = "stopped";
+              setState(state, why ?? "");
+          }
+        },
+        update: (events, next) => {
+          token = next;
+          for (const ev of events) {
+            add(ev);
+          }
+        },
+        marker,
+      });
+    } else if ((want !== "watch" || !visible) && run) {
+      run.abort();
+      run = undefined;
+    }
+    if (want === "watch" && !visible) {
+      setState("suspended", `Suspended while the feed is not on screen: ${target()}. It resumes from the last change shown.`);
+    }
+  }
+
   function start(e?: Event) {
     e?.preventDefault();
     run?.abort();
+    run = undefined;
     prefix = prefixInput.value;
     token = "";
-    marker(`watching ${target()}`);
-    follow();
+    want = "watch";
+    started = false;
+    sync();
   }
 
   function pause() {
-    run?.abort();
-    run = undefined;
+    want = "paused";
+    sync();
     marker("paused");
     setState("paused", `Paused: ${target()}. Resuming continues from the last change shown.`);
   }
 
   function resume() {
+    want = "watch";
     marker("resumed from the last resume token");
-    follow();
+    sync();
   }
 
   function stop() {
-    run?.abort();
-    run = undefined;
+    want = "stopped";
+    sync();
     token = "";
     marker("stopped");
     setState("stopped", "Stopped.");
-  }
-
-  // follow watches until aborted, and after a failure watches again from
-  // the last token, backing off.
-  function follow() {
-    const ac = new AbortController();
-    run = ac;
-    void (async () => {
-      let delay = minDelay;
-      let failed = false;
-      setState("connecting", `Connecting: ${target()}…`);
-      while (!ac.signal.aborted) {
-        try {
-          const stream = kv.watch({ target: { case: "prefix", value: prefix }, resumeToken: token }, { signal: ac.signal });
-          for await (const res of stream) {
-            token = res.resumeToken;
-            if (failed) {
-              marker("reconnected; resumed without gaps");
-              failed = false;
-            }
-            delay = minDelay;
-            setState("live", `Live: ${target()}.`);
-            for (const ev of res.events) {
-              add(ev);
-            }
-          }
-          throw new ConnectError("the server ended the stream", Code.Unavailable);
-        } catch (err) {
-          if (ac.signal.aborted) {
-            return;
-          }
-          const e = ConnectError.from(err);
-          const p = describe(e);
-          if (e.code === Code.InvalidArgument || e.code === Code.Unimplemented || e.code === Code.PermissionDenied) {
-            run = undefined;
-            setState("failed", `${p.summary} ${p.notes.join("; ")}`);
-            return;
-          }
-          if (e.code === Code.FailedPrecondition && e.findDetails(WatchCompactedSchema).length > 0) {
-            // The history the token points into is gone: start again from
-            // the present, and say so, since changes in between are lost.
-            token = "";
-            marker(`history compacted (${p.notes.join("; ")}): restarting from now; changes in between are not shown`);
-          }
-          failed = true;
-          setState("retrying", `${p.summary}. Watching again in ${formatDuration(delay)}…`);
-          await sleep(delay * (0.75 + Math.random() / 2), ac.signal);
-          delay = Math.min(delay * 2, maxDelay);
-        }
-      }
-    })();
   }
 
   function add(ev: ChangeEvent) {
     count++;
     counter.textContent = `${count} ${count === 1 ? "change" : "changes"}`;
     const op = Op[ev.op] ?? String(ev.op);
-    rows.prepend(h("tr", { class: `op-${op.toLowerCase()}`, "data-key": ev.key },
+    rows.prepend(h("tr", { class: `op-${op.toLowerCase()}`, "data-key": ev.key, "data-node": ev.nodeId, "data-revision": ev.revision },
       h("td", { class: "mono muted" }, ev.commitTime ? formatClock(timestampDate(ev.commitTime)) : ""),
       h("td", null, h("span", { class: `badge op-${op.toLowerCase()}` }, op)),
       h("td", { class: "mono key" }, ev.key),
@@ -150,31 +157,26 @@ export function watchView(): HTMLElement {
     rows.replaceChildren();
   }
 
-  setState("stopped", "Stopped.");
-  // The feed follows every key from the moment the console opens.
-  queueMicrotask(() => start());
-  return h("section", { id: "watch", class: "view", "aria-label": "Live changes" },
-    h("form", { class: "toolbar", id: "watch-form", onsubmit: start },
-      h("label", null, "Prefix ", prefixInput),
-      h("button", { type: "submit", class: "primary", id: "watch-start" }, "Watch"),
-      pauseButton,
-      stopButton,
-      h("button", { type: "button", id: "watch-clear", onclick: clear }, "Clear"),
-      counter),
-    status,
-    h("table", { class: "grid feed" },
-      h("thead", null, h("tr", null,
-        h("th", null, "Time"), h("th", null, "Op"), h("th", null, "Key"), h("th", null, "Value"),
-        h("th", { class: "num" }, "Revision"), h("th", null, "Node"))),
-      rows));
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      resolve();
-    }, { once: true });
-  });
+  document.addEventListener("visibilitychange", sync);
+  setState("suspended", "The feed starts when this view is open.");
+  return {
+    el: h("section", { id: "watch", class: "view", "aria-label": "Live changes" },
+      h("form", { class: "toolbar", id: "watch-form", onsubmit: start },
+        h("label", null, "Prefix ", prefixInput),
+        h("button", { type: "submit", class: "primary", id: "watch-start" }, "Watch"),
+        pauseButton,
+        stopButton,
+        h("button", { type: "button", id: "watch-clear", onclick: clear }, "Clear"),
+        counter),
+      status,
+      h("table", { class: "grid feed" },
+        h("thead", null, h("tr", null,
+          h("th", null, "Time"), h("th", null, "Op"), h("th", null, "Key"), h("th", null, "Value"),
+          h("th", { class: "num" }, "Revision"), h("th", null, "Node"))),
+        rows)),
+    shown(on: boolean) {
+      onScreen = on;
+      sync();
+    },
+  };
 }

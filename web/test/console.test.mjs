@@ -1,16 +1,21 @@
-// Drives the web console in a real Chromium against a running gateway: it
-// puts a key through the console and sees it listed and shown, changes it
-// through the API and sees the live feed update, cuts the browser off the
-// network and sees the feed resume from its token without losing the
-// change made meanwhile, deletes the key through the console, gets a
-// validation error for an empty key, and reads the cluster view. It saves a
-// screenshot of each view.
+// Drives the web console in a real Chromium against a running gateway, once
+// over gRPC-Web (the default) and once with ?protocol=connect: it lists
+// keys a page at a time, shows values as JSON, text and hex, puts a key
+// through the console, edits values without changing their bytes, follows
+// the live feed (which watches only while its view is on screen and the
+// page is visible) across a tab switch, a hidden page, a dropped
+// connection and a pause without losing or repeating a change, deletes a
+// key, shows validation errors under their fields and reads the cluster
+// view. A last page, on a fake clock, checks that the cluster view asks
+// one Status at a time, with a deadline, and warns when there are no
+// members. It saves a screenshot of each view.
 //
 //	node web/test/console.test.mjs GATEWAY_URL [SCREENSHOT_DIR]
 //
 // It uses the system's Chromium (/usr/bin/chromium, or $CHROMIUM) through
 // playwright-core and never downloads a browser. It exits 0 when every step
-// passed and 1 otherwise. cmd/flux's TestWebConsole runs it against an
+// passed and 1 otherwise; on SIGTERM, Playwright closes the browser before
+// the script exits. cmd/flux's TestWebConsole runs it against an
 // in-process `flux dev`.
 import { mkdir, rm } from "node:fs/promises";
 import { createConnection, createServer } from "node:net";
@@ -30,8 +35,7 @@ await rm(join(shots, "failure.png"), { force: true });
 // waitLimit bounds each wait for the page to reach a state; it is how long
 // a step may take before the test gives up, not a timing under test.
 const waitLimit = 15_000;
-const prefix = `console-test-${Date.now().toString(36)}/`;
-const key = `${prefix}greeting`;
+const run = Date.now().toString(36);
 
 // The browser reaches the gateway through this proxy, which the test can
 // cut: it ends every open connection (the console's Watch stream among
@@ -67,33 +71,68 @@ function cutNetwork() {
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  handleSIGTERM: true, // the default, relied on: a SIGTERM closes Chromium too
 });
 const context = await browser.newContext({ viewport: { width: 1360, height: 860 }, colorScheme: "light" });
-const page = await context.newPage();
-page.setDefaultTimeout(waitLimit);
 const problems = [];
-page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
-page.on("console", (msg) => {
-  // Calls the test cuts off log network errors, and Chromium asks the
-  // origin for /favicon.ico whatever the page says; anything else (a script
-  // error, a Content-Security-Policy violation) is a bug.
-  if (msg.type() === "error" && !(cuts > 0 && /net::ERR_|Failed to fetch|network error/i.test(msg.text())) &&
-    !msg.location().url.endsWith("/favicon.ico")) {
-    problems.push(`console error: ${msg.text()} (${msg.location().url})`);
-  }
-});
 
-page.on("response", (res) => {
-  if (res.status() >= 400) {
-    problems.push(`HTTP ${res.status()} for ${res.request().method()} ${res.url()}`);
+// open opens the console in a new page and watches it for errors and for
+// the calls it makes.
+async function open(query = "", fragment = "") {
+  const page = await context.newPage();
+  page.setDefaultTimeout(waitLimit);
+  // expectErrors is set while a step makes calls that should fail: over
+  // the Connect protocol a refused call is an HTTP error, which the
+  // browser logs.
+  const calls = { watchesStarted: 0, openWatches: new Set(), contentTypes: new Set(), expectErrors: false };
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  page.on("console", (msg) => {
+    // Calls the test cuts off log network errors, and Chromium asks the
+    // origin for /favicon.ico whatever the page says; anything else (a
+    // script error, a Content-Security-Policy violation) is a bug.
+    if (msg.type() === "error" && !(cuts > 0 && /net::ERR_|Failed to fetch|network error/i.test(msg.text())) &&
+      !msg.location().url.endsWith("/favicon.ico") && !(calls.expectErrors && /status of 4\d\d/.test(msg.text()))) {
+      problems.push(`console error: ${msg.text()} (${msg.location().url})`);
+    }
+  });
+  page.on("response", (res) => {
+    if (res.status() >= 400 && !(calls.expectErrors && res.status() < 500)) {
+      problems.push(`HTTP ${res.status()} for ${res.request().method()} ${res.url()}`);
+    }
+  });
+  page.on("request", (req) => {
+    if (/\/flux\.(kv|cluster)\.v1\./.test(req.url())) {
+      calls.contentTypes.add(req.headers()["content-type"]);
+    }
+    if (req.url().endsWith("/flux.kv.v1.KVService/Watch")) {
+      calls.watchesStarted++;
+      calls.openWatches.add(req);
+    }
+  });
+  for (const ended of ["requestfinished", "requestfailed"]) {
+    page.on(ended, (req) => calls.openWatches.delete(req));
   }
-});
+  await page.goto(consoleURL + query + fragment);
+  return { page, calls };
+}
 
 let step = "start";
+let current; // the page of the step, for the failure screenshot
 async function check(name, fn) {
   step = name;
   await fn();
   console.log(`ok   ${name}`);
+}
+
+// until polls cond, on the test's side, until it holds.
+async function until(what, cond) {
+  const deadline = Date.now() + waitLimit;
+  while (!(await cond())) {
+    if (Date.now() > deadline) {
+      throw new Error(`timed out waiting for ${what}`);
+    }
+    await new Promise((ok) => setTimeout(ok, 20));
+  }
 }
 
 // api calls the gateway the way any program would: Connect, JSON, POST.
@@ -110,78 +149,237 @@ async function api(method, body) {
   return JSON.parse(text);
 }
 const b64 = (s) => Buffer.from(s).toString("base64");
-const rowOf = (tbody, k) => page.locator(`${tbody} tr[data-key="${k}"]`);
+const equal = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
-try {
-  await check("the console loads from the gateway and starts watching", async () => {
-    await page.goto(consoleURL);
+// scenario runs every check of the console against one protocol.
+async function scenario(protocol) {
+  const tag = `[${protocol}]`;
+  const prefix = `console-test-${run}-${protocol}/`;
+  const key = `${prefix}greeting`;
+  const { page, calls } = await open(protocol === "connect" ? "?protocol=connect" : "");
+  current = page;
+  const rowOf = (tbody, k) => page.locator(`${tbody} tr[data-key="${k}"]`);
+  const state = () => page.locator("#watch-status").getAttribute("data-state");
+  const waitState = (want) => page.waitForFunction((want) => document.querySelector("#watch-status")?.dataset.state === want, want);
+  const shownOnce = async (text) => {
+    const n = await rowOf("#feed-rows", key).filter({ hasText: text }).count();
+    if (n !== 1) {
+      throw new Error(`the feed shows “${text}” ${n} times, want once`);
+    }
+  };
+  // Every change shows once: no event (node id and revision) twice.
+  const noDuplicates = async () => {
+    const events = await page.locator("#feed-rows tr[data-revision]").evaluateAll((rows) =>
+      rows.map((r) => `${r.dataset.node}/${r.dataset.revision}`));
+    const twice = events.filter((e, i) => events.indexOf(e) !== i);
+    if (twice.length) {
+      throw new Error(`the feed shows these events twice: ${twice.join(", ")}`);
+    }
+  };
+  const keysShown = () => page.locator("#key-rows tr[data-key]").evaluateAll((rows) => rows.map((r) => r.dataset.key));
+  const scan = async (p, limit = "50") => {
+    await page.fill("#scan-prefix", p);
+    await page.selectOption("#scan-limit", limit);
+    await page.click("#scan-form button[type=submit]");
+  };
+
+  await check(`${tag} the console loads from the gateway; the feed waits for its view`, async () => {
     await page.locator("#tab-keys[aria-selected=true]").waitFor();
-    await page.waitForFunction(() => document.querySelector("#watch-status")?.dataset.state === "live");
+    const want = protocol === "connect" ? "Connect" : "gRPC-Web";
+    await page.locator("header .endpoint", { hasText: want }).waitFor();
   });
 
-  await check("keys written through the API are listed with their revision and TTL", async () => {
-    await api("Put", { key: `${prefix}config`, value: b64(JSON.stringify({ replicas: 3, zones: ["a", "b"], debug: false })) });
+  const crlf = "\ufeffline one\r\nline two\r\n";
+  await check(`${tag} keys written through the API are listed with their revision and TTL`, async () => {
+    await api("Put", { key: `${prefix}config`, value: b64('{"replicas":3,"zones":["a","b"],"big":12345678901234567890,"ratio":1.50}') });
     await api("Put", { key: `${prefix}session`, value: b64("token-1234"), ttl: "3600s" });
     await api("Put", { key: `${prefix}blob`, value: Buffer.from([0x00, 0xff, 0x10, 0x80, 0x41]).toString("base64") });
-    await page.fill("#scan-prefix", prefix);
-    await page.click("#scan-form button[type=submit]");
+    await api("Put", { key: `${prefix}control`, value: b64("a\x1b[0mb") });
+    await api("Put", { key: `${prefix}crlf`, value: b64(crlf) });
+    await scan(prefix);
     await rowOf("#key-rows", `${prefix}session`).locator(".countdown").waitFor();
-    const listed = await page.locator("#key-rows tr").evaluateAll((rows) => rows.map((r) => r.dataset.key));
-    const want = [`${prefix}blob`, `${prefix}config`, `${prefix}session`];
-    if (JSON.stringify(listed) !== JSON.stringify(want)) {
-      throw new Error(`listed ${JSON.stringify(listed)}, want ${JSON.stringify(want)}`);
+    const want = ["blob", "config", "control", "crlf", "session"].map((k) => prefix + k);
+    await until("the five keys", async () => equal(await keysShown(), want));
+    // The Keys view is open: the Live view has not watched yet.
+    if (calls.watchesStarted !== 0 || await state() !== "suspended") {
+      throw new Error(`the feed watched before its view was opened (${calls.watchesStarted} calls, state ${await state()})`);
     }
   });
 
-  await check("a JSON value is pretty-printed and a binary one shown in hex", async () => {
+  await check(`${tag} values show as JSON (literals as written), text or hex, and switch between them`, async () => {
     await rowOf("#key-rows", `${prefix}config`).click();
     await page.locator("#detail-value.json", { hasText: '"replicas": 3,' }).waitFor();
+    const json = await page.locator("#detail-value").textContent();
+    for (const literal of ['"big": 12345678901234567890', '"ratio": 1.50']) {
+      if (!json.includes(literal)) {
+        throw new Error(`the JSON view lost ${literal}: ${json}`);
+      }
+    }
+    await page.click("#view-hex");
+    await page.locator("#detail-value.hex", { hasText: "7b 22 72 65" }).waitFor();
+    await page.click("#view-text");
+    await page.locator("#detail-value.text", { hasText: '{"replicas":3,"zones"' }).waitFor();
+    await page.click("#view-json");
+    await page.locator("#detail-value.json", { hasText: '"replicas": 3,' }).waitFor();
+
     await rowOf("#key-rows", `${prefix}blob`).click();
     await page.locator("#detail-value.hex", { hasText: "00 ff 10 80 41" }).waitFor();
+    if (!await page.locator("#view-text").isDisabled() || !await page.locator("#view-json").isDisabled()) {
+      throw new Error("a value that is not UTF-8 offers a text or JSON view");
+    }
+    // Valid UTF-8, but with a control byte: binary.
+    await rowOf("#key-rows", `${prefix}control`).click();
+    await page.locator("#detail-value.hex", { hasText: "61 1b 5b 30" }).waitFor();
   });
 
-  await check("a key put through the console is listed and shown", async () => {
+  await check(`${tag} Edit then Put keeps every byte: text when the form can hold it, hex otherwise`, async () => {
+    await rowOf("#key-rows", `${prefix}crlf`).click();
+    await page.locator("#detail-value.text", { hasText: "line one" }).waitFor();
+    await page.click("#edit-key");
+    if (await page.inputValue("#put-encoding") !== "hex") {
+      throw new Error(`a value with a BOM and CRLF is edited as ${await page.inputValue("#put-encoding")}, want hex`);
+    }
+    await page.click("#put-submit");
+    await page.locator("#put-status", { hasText: `Put “${prefix}crlf” at revision` }).waitFor();
+    const crlfNow = Buffer.from((await api("Get", { key: `${prefix}crlf` })).value ?? "", "base64");
+    if (!crlfNow.equals(Buffer.from(crlf))) {
+      throw new Error(`Edit and Put changed the value: ${JSON.stringify(crlfNow.toString())}, was ${JSON.stringify(crlf)}`);
+    }
+    await rowOf("#key-rows", `${prefix}session`).click();
+    await page.locator("#detail-value.text", { hasText: "token-1234" }).waitFor();
+    await page.click("#edit-key");
+    if (await page.inputValue("#put-encoding") !== "text" || await page.inputValue("#put-value") !== "token-1234") {
+      throw new Error("a plain text value is not edited as text");
+    }
+  });
+
+  await check(`${tag} a key put through the console is listed and shown`, async () => {
     await page.fill("#put-key", key);
     await page.fill("#put-value", "hello from the browser");
+    await page.selectOption("#put-encoding", "text");
     await page.fill("#put-ttl", "1h");
+    await page.uncheck("#put-keep-ttl");
+    await page.selectOption("#put-condition", "");
     await page.click("#put-submit");
     await page.locator("#put-status", { hasText: `Put “${key}” at revision` }).waitFor();
     await rowOf("#key-rows", key).waitFor();
     await page.locator("#detail-value.text", { hasText: "hello from the browser" }).waitFor();
     await page.locator("#key-detail .countdown").waitFor();
-    await page.screenshot({ path: join(shots, "keys.png") });
+    if (protocol === "grpcweb") {
+      await page.screenshot({ path: join(shots, "keys.png") });
+    }
   });
 
-  await check("a change made through the API appears in the live feed", async () => {
+  await check(`${tag} paging: Next and Previous show the right keys, also after a double click and a failed load`, async () => {
+    const pageKeys = Array.from({ length: 55 }, (_, i) => `${prefix}page/${String(i).padStart(2, "0")}`);
+    await Promise.all(pageKeys.map((k) => api("Put", { key: k, value: b64("p") })));
+    const want = (n) => pageKeys.slice(n * 25, n * 25 + 25);
+    const onPage = async (n) => {
+      await page.locator("#page-label", { hasText: `Page ${n + 1}` }).waitFor();
+      await until(`page ${n + 1}`, async () => equal(await keysShown(), want(n)));
+      await page.waitForFunction(() => document.querySelector("#scan-status")?.dataset.kind === "ok");
+    };
+    await scan(`${prefix}page/`, "25");
+    await onPage(0);
+    // Two clicks in quick succession: the second lands while the first
+    // page loads, and must not skip a page or reuse a stale cursor.
+    await page.dblclick("#page-next");
+    await onPage(1);
+    await page.click("#page-next");
+    await onPage(2);
+    if (!await page.locator("#page-next").isDisabled()) {
+      throw new Error("Next is enabled on the last page");
+    }
+    await page.click("#page-prev");
+    await onPage(1);
+    await page.click("#page-prev");
+    await onPage(0);
+    // A load that fails leaves the page shown as it was; Next then asks
+    // for the same page again.
+    cutNetwork();
+    await page.click("#page-next");
+    await page.waitForFunction(() => document.querySelector("#scan-status")?.dataset.kind === "error");
+    cut = false;
+    if (!equal(await keysShown(), want(0)) || await page.locator("#page-label").textContent() !== "Page 1") {
+      throw new Error("a failed load changed the page shown");
+    }
+    await page.click("#page-next");
+    await onPage(1);
+    await page.click("#page-next");
+    await onPage(2);
+    await scan(prefix);
+    await rowOf("#key-rows", key).waitFor();
+  });
+
+  await check(`${tag} the feed starts when its view opens, and shows changes made through the API`, async () => {
     await page.click("#tab-watch");
-    await rowOf("#feed-rows", key).filter({ hasText: "hello from the browser" }).waitFor();
+    await waitState("live");
     await api("Put", { key, value: b64("changed through the API") });
     await rowOf("#feed-rows", key).filter({ hasText: "changed through the API" }).filter({ hasText: "PUT" }).waitFor();
-    await page.screenshot({ path: join(shots, "watch.png") });
+    if (protocol === "grpcweb") {
+      await page.screenshot({ path: join(shots, "watch.png") });
+    }
   });
 
-  await check("after a disconnect the feed resumes from its token, without losing changes", async () => {
+  await check(`${tag} on another tab the feed closes its stream, and on return resumes from its token`, async () => {
+    await page.click("#tab-keys");
+    await waitState("suspended");
+    await until("the Watch stream to close", () => calls.openWatches.size === 0);
+    await api("Put", { key, value: b64("changed while on another tab") });
+    await page.click("#tab-watch");
+    await rowOf("#feed-rows", key).filter({ hasText: "changed while on another tab" }).waitFor();
+    await waitState("live");
+    await shownOnce("changed through the API");
+    await shownOnce("changed while on another tab");
+    await noDuplicates();
+  });
+
+  await check(`${tag} a hidden page closes the stream, and resumes from its token when shown`, async () => {
+    const setHidden = (hidden) => page.evaluate((hidden) => {
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (hidden ? "hidden" : "visible") });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, hidden);
+    await setHidden(true);
+    await waitState("suspended");
+    await until("the Watch stream to close", () => calls.openWatches.size === 0);
+    await api("Put", { key, value: b64("changed while the page was hidden") });
+    await setHidden(false);
+    await rowOf("#feed-rows", key).filter({ hasText: "changed while the page was hidden" }).waitFor();
+    await waitState("live");
+    await shownOnce("changed while the page was hidden");
+    await noDuplicates();
+  });
+
+  await check(`${tag} after a disconnect the feed resumes from its token, without losing or repeating changes`, async () => {
     cutNetwork();
-    await page.waitForFunction(() => document.querySelector("#watch-status")?.dataset.state === "retrying");
+    await waitState("retrying");
     await api("Put", { key, value: b64("changed while the browser was offline") });
     cut = false;
     await page.locator("#feed-rows tr.marker", { hasText: "reconnected; resumed without gaps" }).waitFor();
     await rowOf("#feed-rows", key).filter({ hasText: "changed while the browser was offline" }).waitFor();
-    await page.waitForFunction(() => document.querySelector("#watch-status")?.dataset.state === "live");
+    await waitState("live");
+    await shownOnce("changed while the browser was offline");
+    await shownOnce("changed through the API");
+    await noDuplicates();
   });
 
-  await check("pausing the feed holds changes back until it resumes", async () => {
+  await check(`${tag} a paused feed has no stream, and on resuming shows what it missed, once`, async () => {
     await page.click("#watch-pause");
-    await page.waitForFunction(() => document.querySelector("#watch-status")?.dataset.state === "paused");
+    await waitState("paused");
+    // With no Watch open, no change can reach the feed until it resumes.
+    await until("the Watch stream to close", () => calls.openWatches.size === 0);
     await api("Put", { key, value: b64("changed while paused") });
     if (await rowOf("#feed-rows", key).filter({ hasText: "changed while paused" }).count() !== 0) {
       throw new Error("a paused feed showed a change");
     }
     await page.click("#watch-pause");
     await rowOf("#feed-rows", key).filter({ hasText: "changed while paused" }).waitFor();
+    await waitState("live");
+    await shownOnce("changed while paused");
+    await noDuplicates();
   });
 
-  await check("a key deleted through the console leaves the list and shows in the feed", async () => {
+  await check(`${tag} a key deleted through the console leaves the list and shows in the feed`, async () => {
     await page.click("#tab-keys");
     await rowOf("#key-rows", key).click();
     await page.locator("#detail-value", { hasText: "changed while paused" }).waitFor();
@@ -195,21 +393,44 @@ try {
     }
     await page.click("#tab-watch");
     await rowOf("#feed-rows", key).filter({ hasText: "DELETE" }).waitFor();
+    await noDuplicates();
   });
 
-  await check("an empty key gets the validation error under the key field", async () => {
+  await check(`${tag} bad input gets its error under its field: an empty key, a TTL of zero or not a duration`, async () => {
     await page.click("#tab-keys");
     await page.fill("#put-key", "");
     await page.fill("#put-value", "x");
+    await page.selectOption("#put-encoding", "text");
     await page.fill("#put-ttl", "");
     await page.selectOption("#put-condition", "");
+    calls.expectErrors = true;
     await page.click("#put-submit");
     await page.locator("#put-status", { hasText: "invalid_argument" }).waitFor();
     await page.locator('.field-error[data-field="key"]', { hasText: "at least 1" }).waitFor();
-    await page.screenshot({ path: join(shots, "validation.png") });
+    calls.expectErrors = false;
+    if (protocol === "grpcweb") {
+      await page.screenshot({ path: join(shots, "validation.png") });
+    }
+    await page.fill("#put-key", `${prefix.slice(0, -1)}-ttl`);
+    for (const [ttl, error] of [["0s", "at least 1ns"], ["soon", "not a duration"]]) {
+      await page.fill("#put-ttl", ttl);
+      await page.click("#put-submit");
+      await page.locator('.field-error[data-field="ttl"]', { hasText: error }).waitFor();
+    }
   });
 
-  await check("the cluster view lists every member, live, with its keys and circuit", async () => {
+  await check(`${tag} a TTL with a fraction of a second is sent as whole nanoseconds`, async () => {
+    // 1.005 s is 1004.9999999999999 ms in floating point: no fractional
+    // nanoseconds may reach the encoder. The key is outside the prefix, as
+    // it expires at once.
+    const ttlKey = `${prefix.slice(0, -1)}-ttl`;
+    await page.fill("#put-key", ttlKey);
+    await page.fill("#put-ttl", "1.005s");
+    await page.click("#put-submit");
+    await page.locator("#put-status", { hasText: `Put “${ttlKey}” at revision` }).waitFor();
+  });
+
+  await check(`${tag} the cluster view lists every member, live, with its keys and circuit`, async () => {
     await page.click("#tab-cluster");
     await page.locator("#members tbody tr").first().waitFor();
     const members = await page.locator("#members tbody tr").evaluateAll((rows) =>
@@ -224,29 +445,114 @@ try {
       }
       keys += Number(m.keys);
     }
-    // The three keys written through the API are still there.
-    if (keys < 3) {
-      throw new Error(`the members hold ${keys} keys in all, want at least 3`);
+    // The keys written through the API are still there.
+    if (keys < 60) {
+      throw new Error(`the members hold ${keys} keys in all, want at least 60`);
     }
     await page.locator("#gateways tbody tr").first().waitFor();
-    await page.screenshot({ path: join(shots, "cluster.png") });
+    await page.waitForFunction(() => document.querySelector("#cluster-status")?.dataset.kind === "ok");
+    if (protocol === "grpcweb") {
+      await page.screenshot({ path: join(shots, "cluster.png") });
+    }
   });
 
+  await check(`${tag} every call spoke the protocol asked for`, async () => {
+    const want = protocol === "connect" ? ["application/json", "application/connect+json"] : ["application/grpc-web+proto"];
+    const got = [...calls.contentTypes].sort();
+    if (!got.every((t) => want.includes(t))) {
+      throw new Error(`content types ${JSON.stringify(got)}, want only ${JSON.stringify(want)}`);
+    }
+  });
+
+  if (protocol === "grpcweb") {
+    await page.click("#tab-keys");
+    await page.locator(`#key-rows tr[data-key="${prefix}config"]`).click();
+    await page.locator("#detail-value.json").waitFor();
+    await page.screenshot({ path: join(shots, "console.png"), fullPage: true });
+  }
+  await page.close();
+}
+
+// clusterPolling checks, on a fake clock and with the gateway's answers
+// held back, that the cluster view asks one Status at a time, with a
+// deadline, and warns when the cluster has no members.
+async function clusterPolling() {
+  const page = await context.newPage();
+  current = page;
+  page.setDefaultTimeout(waitLimit);
+  page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
+  await page.clock.install();
+  // Counts the Status calls the page makes, as it makes them.
+  await page.addInitScript(() => {
+    const fetch = window.fetch;
+    window.statusCalls = 0;
+    window.fetch = (input, init) => {
+      if (String(input instanceof Request ? input.url : input).endsWith("/flux.cluster.v1.ClusterService/Status")) {
+        window.statusCalls++;
+      }
+      return fetch(input, init);
+    };
+  });
+  const held = [];
+  await page.route("**/flux.cluster.v1.ClusterService/Status", (route) => held.push(route));
+  await page.goto(`${consoleURL}?protocol=connect#cluster`);
+  const answer = (route, msg) => route.fulfill({ status: 200, contentType: "application/json", body: JSON.stringify(msg) });
+  const calls = () => page.evaluate(() => window.statusCalls);
+
+  await check("the cluster view asks for the status with a deadline", async () => {
+    await until("the first Status call", () => held.length === 1);
+    const timeout = Number(held[0].request().headers()["connect-timeout-ms"]);
+    if (!(timeout > 0)) {
+      throw new Error(`Status sent without a deadline: headers ${JSON.stringify(held[0].request().headers())}`);
+    }
+  });
+
+  await check("the cluster view does not ask again while a Status call is out", async () => {
+    // A refresh tick passes while the first call is held, within its
+    // deadline.
+    await page.clock.runFor(4_500);
+    if (await calls() !== 1) {
+      throw new Error(`${await calls()} Status calls with the first one unanswered; want 1`);
+    }
+    await answer(held[0], { gatewayId: "gw-fake" });
+    await page.locator("#cluster-status", { hasText: "gw-fake" }).waitFor();
+    // Answered: the next tick asks again.
+    await page.clock.runFor(3_000);
+    await until("the next Status call", () => held.length === 2);
+    await answer(held[1], { gatewayId: "gw-fake" });
+  });
+
+  await check("a Status call that gets no answer ends at its deadline, and the view says so", async () => {
+    await page.clock.runFor(3_000);
+    await until("the third Status call", () => held.length === 3);
+    await page.clock.runFor(5_000);
+    await page.locator('#cluster-status[data-kind="error"]', { hasText: "deadline_exceeded" }).waitFor();
+    await page.clock.runFor(3_000);
+    await until("a Status call after the deadline", () => held.length === 4);
+    await answer(held[3], { gatewayId: "gw-fake" });
+  });
+
+  await check("a cluster with no members is a warning, not ok", async () => {
+    await page.locator('#cluster-status[data-kind="warn"]', { hasText: "No members" }).waitFor();
+  });
+  await page.close();
+}
+
+try {
+  await scenario("grpcweb");
+  await scenario("connect");
+  await clusterPolling();
   if (problems.length) {
     step = "no errors in the page";
     throw new Error(problems.join("\n"));
   }
-  await page.click("#tab-keys");
-  await rowOf("#key-rows", `${prefix}config`).click();
-  await page.locator("#detail-value.json").waitFor();
-  await page.screenshot({ path: join(shots, "console.png"), fullPage: true });
   console.log(`screenshots in ${shots}`);
 } catch (err) {
   console.error(`FAIL ${step}: ${err.message}`);
   for (const p of problems) {
     console.error(`  ${p}`);
   }
-  await page.screenshot({ path: join(shots, "failure.png") }).catch(() => {});
+  await current?.screenshot({ path: join(shots, "failure.png") }).catch(() => {});
   console.error(`screenshot of the failure: ${join(shots, "failure.png")}`);
   process.exitCode = 1;
 } finally {

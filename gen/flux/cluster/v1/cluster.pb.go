@@ -236,7 +236,8 @@ type Member struct {
 	// stats are the node's own statistics (NodeService.Stats); unset when
 	// the node is not live or did not answer, and then stats_error says why.
 	Stats *NodeStats `protobuf:"bytes,9,opt,name=stats,proto3" json:"stats,omitempty"`
-	// stats_error says why stats are missing for a live node.
+	// stats_error says why stats are missing for a live node, in a short
+	// phrase ("timed out", "unreachable"); the gateway logs the details.
 	StatsError    string `protobuf:"bytes,10,opt,name=stats_error,json=statsError,proto3" json:"stats_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

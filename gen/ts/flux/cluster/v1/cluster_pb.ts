@@ -163,7 +163,8 @@ export type Member = Message<"flux.cluster.v1.Member"> & {
   stats?: NodeStats | undefined;
 
   /**
-   * stats_error says why stats are missing for a live node.
+   * stats_error says why stats are missing for a live node, in a short
+   * phrase ("timed out", "unreachable"); the gateway logs the details.
    *
    * @generated from field: string stats_error = 10;
    */
