@@ -1,9 +1,11 @@
 package kvnode
 
 import (
-	"bytes"
 	"context"
+	"crypto/rand"
+	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +22,17 @@ import (
 // limits, which only tests change.
 func serveWatch(t *testing.T, cfg watchConfig) (kvv1connect.KVServiceClient, *store.Store) {
 	t.Helper()
+	client, st, _ := serveWatchGated(t, cfg)
+	return client, st
+}
+
+// serveWatchGated is serveWatch with a gate on the client's socket: while
+// it is closed the client reads nothing from the network, as a client
+// too slow to keep up would, whatever flow-control windows its HTTP/2
+// transport grants. The server then blocks once the socket buffers are
+// full.
+func serveWatchGated(t *testing.T, cfg watchConfig) (kvv1connect.KVServiceClient, *store.Store, *gate) {
+	t.Helper()
 	tail := changelog.NewTail("solo", 0, 0, 0)
 	st := store.New(store.WithChangeHook(tail.Append))
 	h := newHandler(st, nil, 1<<20, time.Now, inMemory{}, tail, &router{self: "solo"}).(*handler)
@@ -33,14 +46,65 @@ func serveWatch(t *testing.T, cfg watchConfig) (kvv1connect.KVServiceClient, *st
 	go srv.Serve()
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
-	transport := &http.Transport{Protocols: &protocols}
+	g := &gate{open: make(chan struct{})}
+	close(g.open)
+	dialer := &net.Dialer{}
+	transport := &http.Transport{Protocols: &protocols, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// A fixed, small receive buffer: the kernel's autotuning may
+		// otherwise take in tens of megabytes for a client that reads
+		// nothing.
+		if err := c.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		return &gatedConn{Conn: c, gate: g}, nil
+	}}
 	t.Cleanup(func() {
 		transport.CloseIdleConnections()
 		srv.Close()
 		_ = st.Close()
 		tail.Close()
 	})
-	return kvv1connect.NewKVServiceClient(&http.Client{Transport: transport}, srv.URL(), connect.WithGRPC()), st
+	return kvv1connect.NewKVServiceClient(&http.Client{Transport: transport}, srv.URL(), connect.WithGRPC()), st, g
+}
+
+// gate blocks the reads of gatedConns while it is closed.
+type gate struct {
+	mu   sync.Mutex
+	open chan struct{} // closed while reads may proceed
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = make(chan struct{})
+}
+
+func (g *gate) reopen() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.open)
+}
+
+func (g *gate) wait() {
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	<-open
+}
+
+type gatedConn struct {
+	net.Conn
+	gate *gate
+}
+
+func (c *gatedConn) Read(p []byte) (int, error) {
+	c.gate.wait()
+	return c.Conn.Read(p)
 }
 
 func mustPut(t *testing.T, st *store.Store, key string, value []byte) int64 {
@@ -110,7 +174,7 @@ func TestWatchProgressAdvancesToken(t *testing.T) {
 // full for the limit, and writers never wait for it.
 func TestWatchCutsOffSlowConsumer(t *testing.T) {
 	t.Parallel()
-	client, st := serveWatch(t, watchConfig{progress: time.Hour, buffer: 1, slow: 100 * time.Millisecond})
+	client, st, g := serveWatchGated(t, watchConfig{progress: time.Hour, buffer: 1, slow: 100 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	stream, err := client.Watch(ctx, connect.NewRequest(&kvv1.WatchRequest{Target: &kvv1.WatchRequest_Prefix{Prefix: ""}}))
@@ -121,9 +185,14 @@ func TestWatchCutsOffSlowConsumer(t *testing.T) {
 	if !stream.Receive() {
 		t.Fatalf("first response: %v", stream.Err())
 	}
-	// Far more than HTTP/2 flow control lets through unread, written in
-	// waves so that the reader queues several batches.
-	value := bytes.Repeat([]byte("x"), 64<<10)
+	// The client stops reading its socket. Far more than the socket
+	// buffers hold is written, in waves so that the reader queues several
+	// batches.
+	g.close()
+	// Random, so that compression (the client accepts gzip) cannot shrink
+	// it below the socket buffers.
+	value := make([]byte, 64<<10)
+	_, _ = rand.Read(value)
 	for wave := range 8 {
 		for i := range 40 {
 			mustPut(t, st, string(rune('a'+wave))+"/"+string(rune('a'+i)), value)
@@ -132,6 +201,7 @@ func TestWatchCutsOffSlowConsumer(t *testing.T) {
 	}
 	// Wait well past the limit before reading again.
 	time.Sleep(500 * time.Millisecond)
+	g.reopen()
 	events := 0
 	for stream.Receive() {
 		n := len(stream.Msg().GetEvents())
