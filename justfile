@@ -28,6 +28,12 @@ test:
 bench:
     go test -run '^$' -bench . -benchmem -cpu 1,2 ./platform/store/
 
+# Flux-KV against Redis and against itself on this machine (about four
+# minutes; needs Redis and RabbitMQ on loopback): docs/benchmarks.md, with its
+# charts and raw results in docs/bench/.
+bench-report:
+    go run ./internal/cmd/benchreport -out docs/benchmarks.md
+
 # Run one node with the defaults (API on 127.0.0.1:7701).
 run *ARGS:
     go run ./cmd/flux node {{ARGS}}
