@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/internal/nettest"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/services/gateway"
@@ -114,7 +113,7 @@ func TestClusterCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer client.Close()
-	hung := silentListener(t)
+	hung := nettest.SilentListener(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// "a-hung" sorts first, so a command that asked in turn under one
@@ -176,40 +175,4 @@ func TestClusterCommands(t *testing.T) {
 	if got.code != 1 || !strings.Contains(got.stdout, `"id": "node-2",`+"\n"+`      "live": false`) {
 		t.Fatalf("cluster status with node-2 down: %+v", got)
 	}
-}
-
-// silentListener accepts connections and never answers on them, like a
-// process that hangs. It returns its address.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/internal/nettest"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcpolicy"
 	"github.com/fluxkv/fluxkv/services/gateway"
@@ -120,7 +120,7 @@ func TestClusterStatus(t *testing.T) {
 	})
 
 	t.Run("node silent", func(t *testing.T) {
-		addr := silentListener(t)
+		addr := nettest.SilentListener(t)
 		client := etcdClient(t, endpoint)
 		ctx := callCtx(t)
 		if _, err := discovery.AddMember(ctx, client, "node-silent", true); err != nil {
@@ -170,42 +170,6 @@ func (b *logBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// silentListener accepts connections and never answers on them, like a
-// process that hangs. It returns its address.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		wg    sync.WaitGroup
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
 }
 
 // TestNodeServiceNotProxied: NodeService describes the node that answers
