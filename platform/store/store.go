@@ -59,9 +59,14 @@ type Entry struct {
 // PutOptions controls a Put. The zero value is an unconditional put that
 // clears any TTL the key had.
 type PutOptions struct {
-	TTL       time.Duration // > 0: expire TTL after the commit; 0: no TTL; < 0 is invalid
-	KeepTTL   bool          // keep the existing key's expiry (none if the key is absent); TTL must be 0
-	Condition Condition     // the put happens only if it holds
+	TTL     time.Duration // > 0: expire TTL after the commit; 0: no TTL; < 0 is invalid
+	KeepTTL bool          // keep the existing key's expiry (none if the key is absent); TTL must be 0
+	// ExpireAt, when set, is the key's absolute expiry, for copying a key
+	// from another store without extending its TTL; TTL and KeepTTL must
+	// then be unset. A time already passed stores a key that is expired at
+	// once; one at or before the Unix epoch is invalid.
+	ExpireAt  time.Time
+	Condition Condition // the put happens only if it holds
 }
 
 // PutResult describes a Put.
@@ -246,6 +251,9 @@ func (s *Store) Put(key string, value []byte, opts PutOptions) (PutResult, error
 	if opts.KeepTTL && opts.TTL != 0 {
 		return PutResult{}, fmt.Errorf("put: keep ttl with a ttl: %w", ErrInvalidOptions)
 	}
+	if !opts.ExpireAt.IsZero() && (opts.TTL != 0 || opts.KeepTTL || opts.ExpireAt.UnixNano() <= 0) {
+		return PutResult{}, fmt.Errorf("put: expire at with a ttl, keep ttl or before the epoch: %w", ErrInvalidOptions)
+	}
 	if !utf8.ValidString(key) {
 		return PutResult{}, fmt.Errorf("put: key is not utf-8: %w", ErrInvalidOptions)
 	}
@@ -272,6 +280,8 @@ func (s *Store) Put(key string, value []byte, opts PutOptions) (PutResult, error
 		// Expiry is wall-clock so that replaying a change on another node,
 		// which only sees the wall time, reaches the same decision.
 		it.expire = expireNanos(clock.get().Add(opts.TTL))
+	case !opts.ExpireAt.IsZero():
+		it.expire = expireNanos(opts.ExpireAt)
 	case opts.KeepTTL && ok:
 		it.expire = old.expire
 	}

@@ -145,6 +145,9 @@ func TestPutInvalid(t *testing.T) {
 		{"k", store.PutOptions{TTL: -time.Second}},
 		{"k", store.PutOptions{TTL: time.Second, KeepTTL: true}},
 		{"\xff", store.PutOptions{}},
+		{"k", store.PutOptions{ExpireAt: time.Now(), TTL: time.Second}},
+		{"k", store.PutOptions{ExpireAt: time.Now(), KeepTTL: true}},
+		{"k", store.PutOptions{ExpireAt: time.Unix(0, 0)}},
 	}
 	s := newStore(t)
 	for i, tt := range tests {
@@ -217,6 +220,8 @@ func TestPutTTLUpdates(t *testing.T) {
 		{store.PutOptions{TTL: time.Minute}, store.PutOptions{TTL: time.Hour}, time.Second + time.Hour},
 		{store.PutOptions{}, store.PutOptions{KeepTTL: true}, 0},
 		{store.PutOptions{}, store.PutOptions{TTL: time.Hour}, time.Second + time.Hour},
+		// An absolute expiry is kept as given, whatever the clock says.
+		{store.PutOptions{TTL: time.Minute}, store.PutOptions{ExpireAt: newFakeClock().Now().Add(time.Hour)}, time.Hour},
 		// The first put expires before the second, which finds the key absent.
 		{store.PutOptions{TTL: time.Second}, store.PutOptions{KeepTTL: true}, 0},
 	}
@@ -240,8 +245,15 @@ func TestPutTTLUpdates(t *testing.T) {
 			t.Errorf("#%d: got %v, want %v", i, e.ExpireTime, want)
 		}
 	}
+	// An absolute expiry already passed stores a key that is expired at once.
+	clock := newFakeClock()
+	s := newStore(t, store.WithClock(clock.Now))
+	mustPut(t, s, "k", "v", store.PutOptions{ExpireAt: clock.Now()})
+	if e, ok := s.Get("k"); ok {
+		t.Errorf("expire at now: got %v, want the key expired", e)
+	}
 	// KeepTTL on an absent key means no TTL.
-	s := newStore(t)
+	s = newStore(t)
 	mustPut(t, s, "k", "v", store.PutOptions{KeepTTL: true})
 	if e, _ := s.Get("k"); !e.ExpireTime.IsZero() {
 		t.Errorf("keep ttl on absent key: got expire time %v, want none", e.ExpireTime)

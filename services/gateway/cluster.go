@@ -28,10 +28,14 @@ const statsTimeout = time.Second
 // instances of them appear in etcd: it answers ClusterService itself, and
 // NodeService describes the one node that answers it, so a call balanced
 // round-robin would describe whichever node it happened to reach.
-// ClusterService.Status asks every node for it instead.
+// ClusterService.Status asks every node for it instead. HandoffService is
+// internal to the nodes, which call it on each other while keys move: a
+// copy from whichever node a call reached would be wrong, and clients have
+// no business reading it.
 var notProxied = map[string]bool{
 	clusterv1connect.ClusterServiceName: true,
 	clusterv1connect.NodeServiceName:    true,
+	clusterv1connect.HandoffServiceName: true,
 }
 
 // clusterService serves flux.cluster.v1.ClusterService from the gateway's

@@ -173,16 +173,17 @@ func (b *logBuffer) String() string {
 }
 
 // TestNodeServiceNotProxied: NodeService describes the node that answers
-// it, so the gateway never proxies it, even when an instance registers it
-// in etcd: calls get Unimplemented and reflection does not list it. A
-// ClusterService registered in etcd does not displace the gateway's own.
+// it, and HandoffService is internal to the nodes, so the gateway never
+// proxies either, even when an instance registers them in etcd: calls get
+// Unimplemented and reflection does not list them. A ClusterService
+// registered in etcd does not displace the gateway's own.
 func TestNodeServiceNotProxied(t *testing.T) {
 	t.Parallel()
 	endpoint := startEtcd(t)
 	nodes := startNodes(t, endpoint, 1, nil)
 	client := etcdClient(t, endpoint)
 	addr := strings.TrimPrefix(nodes[0].APIURL(), "http://")
-	for _, service := range []string{clusterv1connect.NodeServiceName, clusterv1connect.ClusterServiceName} {
+	for _, service := range []string{clusterv1connect.NodeServiceName, clusterv1connect.HandoffServiceName, clusterv1connect.ClusterServiceName} {
 		ctx := callCtx(t)
 		reg, err := discovery.Register(ctx, client, service,
 			discovery.Instance{ID: "node-1", Address: addr, StartedAt: time.Now().UTC()}, discovery.WithLogger(discardLogger()))
@@ -207,6 +208,20 @@ func TestNodeServiceNotProxied(t *testing.T) {
 			if got := codeOf(err); got != connect.CodeUnimplemented {
 				t.Errorf("NodeService.Stats through the gateway: got %v (%v), want unimplemented", got, err)
 			}
+			handoff := clusterv1connect.NewHandoffServiceClient(h2cClient(t), gw.APIURL(), p.opts...)
+			copyStream, err := handoff.Copy(callCtx(t), connect.NewRequest(&clusterv1.CopyRequest{
+				FromMembers: []string{"node-1"}, ToMembers: []string{"node-1", "node-2"}, Target: "node-2"}))
+			if err == nil {
+				// A proxied copy would never end: one message is enough.
+				if copyStream.Receive() {
+					t.Errorf("HandoffService.Copy through the gateway sent %v", copyStream.Msg())
+				}
+				err = copyStream.Err()
+				_ = copyStream.Close()
+			}
+			if got := codeOf(err); got != connect.CodeUnimplemented {
+				t.Errorf("HandoffService.Copy through the gateway: got %v (%v), want unimplemented", got, err)
+			}
 			// The node does not serve ClusterService: only the gateway's own
 			// can answer.
 			if res := status(t, gw.APIURL(), p.opts...); res.GetGatewayId() != "gw-local" {
@@ -223,14 +238,18 @@ func TestNodeServiceNotProxied(t *testing.T) {
 	}
 	listed := fmt.Sprint(names)
 	if !slices.Contains(names, kvv1connect.KVServiceName) || !slices.Contains(names, clusterv1connect.ClusterServiceName) ||
-		slices.Contains(names, clusterv1connect.NodeServiceName) {
-		t.Errorf("reflection lists %s, want KVService and ClusterService and not NodeService", listed)
+		slices.Contains(names, clusterv1connect.NodeServiceName) || slices.Contains(names, clusterv1connect.HandoffServiceName) {
+		t.Errorf("reflection lists %s, want KVService and ClusterService and not NodeService or HandoffService", listed)
 	}
 	if _, err := stream.FileContainingSymbol(clusterv1connect.ClusterServiceName); err != nil {
 		t.Errorf("reflection on ClusterService: %v", err)
 	}
 	health := grpchealth.NewClient(h2cClient(t), gw.APIURL())
-	for service, want := range map[string]connect.Code{clusterv1connect.ClusterServiceName: codeOK, clusterv1connect.NodeServiceName: connect.CodeNotFound} {
+	for service, want := range map[string]connect.Code{
+		clusterv1connect.ClusterServiceName: codeOK,
+		clusterv1connect.NodeServiceName:    connect.CodeNotFound,
+		clusterv1connect.HandoffServiceName: connect.CodeNotFound,
+	} {
 		_, err := health.Check(callCtx(t), &grpchealth.CheckRequest{Service: service})
 		if got := codeOf(err); got != want {
 			t.Errorf("health of %s: got %v (%v), want %v", service, got, err, want)

@@ -1,7 +1,8 @@
 // Package kvnode is the Flux-KV node: it serves flux.kv.v1.KVService from an
 // in-memory store on one h2c port (gRPC, gRPC-Web and Connect), with
-// flux.cluster.v1.NodeService (the node's statistics), gRPC reflection and
-// health on the same port, and operator endpoints (/healthz,
+// flux.cluster.v1.NodeService (the node's statistics),
+// flux.cluster.v1.HandoffService (keys moving between nodes), gRPC
+// reflection and health on the same port, and operator endpoints (/healthz,
 // /metrics, /debug/pprof/) on a separate admin port.
 package kvnode
 
@@ -242,8 +243,9 @@ func New(cfg Config) (_ *Node, err error) {
 	return n, nil
 }
 
-// apiHandler builds the public port: KVService, reflection and health, with
-// validation, size limits and CORS.
+// apiHandler builds the public port: KVService, NodeService,
+// HandoffService, reflection and health, with validation, size limits and
+// CORS.
 func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error) {
 	validator, err := protovalidate.New()
 	if err != nil {
@@ -270,7 +272,12 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	// this node only, and whoever wants it dials the node's API address,
 	// which the node's KVService registration carries.
 	mux.Handle(clusterv1connect.NewNodeServiceHandler(newNodeService(n), interceptors))
-	reflector, err := schema.NewReflector(kvv1connect.KVServiceName, clusterv1connect.NodeServiceName, grpchealth.HealthV1ServiceName)
+	// HandoffService likewise: nodes call it on each other while keys move,
+	// and a node answers it for itself only.
+	mux.Handle(clusterv1connect.NewHandoffServiceHandler(newHandoffService(n), interceptors,
+		connect.WithCompressMinBytes(compressMinBytes)))
+	reflector, err := schema.NewReflector(kvv1connect.KVServiceName, clusterv1connect.NodeServiceName,
+		clusterv1connect.HandoffServiceName, grpchealth.HealthV1ServiceName)
 	if err != nil {
 		return nil, err
 	}

@@ -94,7 +94,7 @@ func TestReflection(t *testing.T) {
 	for _, n := range names {
 		got = append(got, string(n))
 	}
-	for _, want := range []string{kvv1connect.KVServiceName, clusterv1connect.NodeServiceName, "grpc.health.v1.Health"} {
+	for _, want := range []string{kvv1connect.KVServiceName, clusterv1connect.NodeServiceName, clusterv1connect.HandoffServiceName, "grpc.health.v1.Health"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("reflection lists %v, want it to include %s", got, want)
 		}

@@ -121,8 +121,16 @@ func (h *handler) watchLocal(ctx context.Context, msg *kvv1.WatchRequest, from w
 // untilDraining returns a context that also ends, with errDraining as its
 // cause, when the node starts leaving.
 func (h *handler) untilDraining(ctx context.Context) (context.Context, context.CancelFunc) {
+	return untilDraining(ctx, h.router)
+}
+
+// untilDraining returns a context that also ends, with errDraining as its
+// cause, when r's node starts leaving: the streams that never end on their
+// own (Watch, HandoffService.Copy) use it so that they do not hold up a
+// shutdown.
+func untilDraining(ctx context.Context, r *router) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(ctx)
-	draining := h.router.draining()
+	draining := r.draining()
 	go func() {
 		select {
 		case <-draining:
