@@ -79,7 +79,7 @@ type Client struct {
 }
 
 // view is what the client routes by in etcd mode: a snapshot and the ring
-// over its members, published together so that a request is never routed
+// over its RingMembers, published together so that a request is never routed
 // by the ring of one revision and the addresses of another.
 type view struct {
 	snap    *discovery.Snapshot
@@ -197,7 +197,7 @@ func (c *Client) follow(changed <-chan struct{}) {
 // order.
 func (c *Client) publish(snap *discovery.Snapshot) error {
 	old := c.view.Load()
-	ids := snap.MemberIDs()
+	ids := snap.RingMembers()
 	var r *ring.Ring
 	if old != nil && slices.Equal(ids, old.ring.Members()) {
 		r = old.ring

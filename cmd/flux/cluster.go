@@ -37,7 +37,7 @@ func clusterCommand() *command {
 	c := &command{
 		name:    "cluster",
 		args:    "status",
-		summary: "Print the cluster's members: whether each is live, its addresses, version and keys held. Exits 1 if a member is down.",
+		summary: "Print the cluster's ring epoch and members: whether each is live, its addresses, version and keys held. Exits 1 if a member is down.",
 		flags:   fs,
 	}
 	c.run = func(env *environment, args []string) int {
@@ -84,7 +84,7 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 	// Every node and gateway is asked at once, each within askTimeout, so
 	// one that hangs costs the command that long and hides nothing else.
 	var wg sync.WaitGroup
-	ids := snap.MemberIDs()
+	ids := snap.RingMembers()
 	members := make([]memberStatus, len(ids))
 	down := 0
 	for i, id := range ids {
@@ -108,10 +108,16 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 	wg.Wait()
 	if asJSON {
 		printJSON(env, struct {
+			Epoch    int64           `json:"epoch"` // 0: the cluster has no ring record yet
 			Members  []memberStatus  `json:"members"`
 			Gateways []gatewayStatus `json:"gateways"`
-		}{members, gateways})
+		}{snap.Epoch(), members, gateways})
 	} else {
+		if snap.Current != nil {
+			fmt.Fprintf(env.stdout, "ring epoch %d\n\n", snap.Epoch())
+		} else {
+			fmt.Fprint(env.stdout, "ring epoch - (no ring record yet: routed by /flux/members/)\n\n")
+		}
 		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tLIVE\tADDRESS\tADMIN\tKEYS\tVERSION\tSTARTED")
 		for _, m := range members {

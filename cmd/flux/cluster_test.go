@@ -74,7 +74,8 @@ func TestClusterCommands(t *testing.T) {
 		}
 	}
 	got := flux("", append([]string{"cluster", "status"}, e...)...)
-	if got.code != 0 || !strings.Contains(got.stdout, "node-1  yes") || !strings.Contains(got.stdout, "node-2  yes") {
+	// Two nodes joined, one epoch each.
+	if got.code != 0 || !strings.HasPrefix(got.stdout, "ring epoch 2\n") || !strings.Contains(got.stdout, "node-1  yes") || !strings.Contains(got.stdout, "node-2  yes") {
 		t.Fatalf("cluster status: %+v", got)
 	}
 	for _, want := range []string{"GATEWAY", "gw-1", "flux.kv.v1.KVService/node-1=closed", "flux.kv.v1.KVService/node-2=closed"} {
@@ -86,6 +87,7 @@ func TestClusterCommands(t *testing.T) {
 	// written above, between them.
 	got = flux("", append([]string{"cluster", "status", "--json"}, e...)...)
 	var status struct {
+		Epoch   int64 `json:"epoch"`
 		Members []struct {
 			ID   string `json:"id"`
 			Keys *int64 `json:"keys"`
@@ -93,6 +95,9 @@ func TestClusterCommands(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(got.stdout), &status); err != nil {
 		t.Fatalf("cluster status --json: %v\n%s", err, got.stdout)
+	}
+	if status.Epoch != 2 {
+		t.Errorf("cluster status --json: epoch %d, want 2:\n%s", status.Epoch, got.stdout)
 	}
 	var keys int64
 	for _, m := range status.Members {
@@ -164,7 +169,27 @@ func TestClusterCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := client.Delete(ctx, discovery.MemberKey("a-hung")); err != nil {
+	if err := discovery.RemoveMember(ctx, client, "a-hung"); err != nil {
+		t.Fatal(err)
+	}
+	// The ring everyone routes by is the record, not the member keys:
+	// status lists what the record names, at its epoch.
+	if _, err := client.Put(ctx, discovery.RingCurrentKey, `{"epoch": 7, "members": ["node-1", "node-2", "node-x"]}`); err != nil {
+		t.Fatal(err)
+	}
+	got = flux("", append([]string{"cluster", "status", "--json"}, e...)...)
+	var recorded struct {
+		Epoch   int64 `json:"epoch"`
+		Members []struct {
+			ID   string `json:"id"`
+			Live bool   `json:"live"`
+		} `json:"members"`
+	}
+	if err := json.Unmarshal([]byte(got.stdout), &recorded); err != nil || got.code != 1 || recorded.Epoch != 7 ||
+		len(recorded.Members) != 3 || recorded.Members[2].ID != "node-x" || recorded.Members[2].Live {
+		t.Fatalf("cluster status with a ring record naming node-x: got %v, %+v; want epoch 7, node-x down:\n%+v", err, recorded, got)
+	}
+	if _, err := client.Put(ctx, discovery.RingCurrentKey, `{"epoch": 8, "members": ["node-1", "node-2"]}`); err != nil {
 		t.Fatal(err)
 	}
 

@@ -1,8 +1,10 @@
 // Package discovery is how Flux-KV processes find each other through etcd.
 //
-// Two prefixes hold the cluster's state. /flux/members/<id> records each
-// node that ever joined (persistent: the ring is built over members, so a
-// node that is down keeps its keys). /flux/services/<service full
+// Etcd holds the cluster's state. /flux/members/<id> records each node that
+// ever joined (persistent, so a node that is down keeps its keys), and
+// /flux/ring/current the ring everyone routes by: an epoch and the member
+// ids, rewritten in the same transaction as every member added or removed.
+// /flux/services/<service full
 // name>/<instance id> holds one lease-backed key per live instance of any
 // gRPC or Connect service, with a JSON Instance as its value; the key
 // disappears when its lease expires or is revoked. The format is public, so
@@ -15,6 +17,7 @@ package discovery
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -33,7 +36,52 @@ const (
 	// may join only while it is absent: until data moves with its keys,
 	// joining a cluster that holds data would hide keys from reads.
 	DataKey = Prefix + "cluster/holds-data"
+	// RingCurrentKey holds the ring everyone routes by, a JSON RingRecord.
+	// It is written only in transactions that compare its revision, so
+	// every change is built on the one before it.
+	RingCurrentKey = Prefix + "ring/current"
+	// RingNextKey holds the ring a change in progress leads to, with the
+	// change. Nothing writes it yet: moving keys between rings is still to
+	// be built (docs/design/elastic-cluster.md).
+	RingNextKey = Prefix + "ring/next"
 )
+
+// RingRecord is the value of RingCurrentKey and RingNextKey.
+type RingRecord struct {
+	Epoch   int64       `json:"epoch"`            // 1 for the first record, one more on every change
+	Members []string    `json:"members"`          // member ids, sorted, no duplicates
+	Change  *RingChange `json:"change,omitempty"` // in RingNextKey only: what changes from current
+}
+
+// RingChange is the membership change a RingNextKey record makes.
+type RingChange struct {
+	Add    string `json:"add,omitempty"`    // the member joining
+	Remove string `json:"remove,omitempty"` // the member leaving
+}
+
+// parseRingRecord decodes and checks a ring record: a record that breaks
+// the format must not become anyone's ring.
+func parseRingRecord(value []byte) (*RingRecord, error) {
+	var r RingRecord
+	if err := json.Unmarshal(value, &r); err != nil {
+		return nil, err
+	}
+	if r.Epoch < 1 {
+		return nil, fmt.Errorf("epoch %d, want 1 or more", r.Epoch)
+	}
+	for i, id := range r.Members {
+		if id == "" {
+			return nil, errors.New("an empty member id")
+		}
+		if i > 0 && r.Members[i-1] >= id {
+			return nil, fmt.Errorf("members %q are not sorted and unique", r.Members)
+		}
+	}
+	if r.Members == nil {
+		r.Members = []string{}
+	}
+	return &r, nil
+}
 
 // Instance is the value of a live instance's key.
 type Instance struct {
@@ -60,12 +108,34 @@ func InstanceKey(service, id string) string { return ServicesPrefix + service + 
 type Snapshot struct {
 	Revision  int64
 	HoldsData bool                           // DataKey exists
+	Current   *RingRecord                    // RingCurrentKey; nil until written (a cluster not migrated yet)
+	Next      *RingRecord                    // RingNextKey; nil unless a change is in progress
 	Gateways  map[string]Instance            // live gateways, by id
 	Members   map[string]Member              // by id
 	Instances map[string]map[string]Instance // by service, then instance id
 }
 
-// MemberIDs returns the member ids, sorted.
+// RingMembers returns the ids everyone must route by, sorted: the members
+// of the current ring, or, in a cluster that has no RingCurrentKey yet (one
+// not migrated), the ids under /flux/members/.
+func (s *Snapshot) RingMembers() []string {
+	if s.Current != nil {
+		return slices.Clone(s.Current.Members)
+	}
+	return s.MemberIDs()
+}
+
+// Epoch returns the current ring's epoch, 0 while there is no
+// RingCurrentKey.
+func (s *Snapshot) Epoch() int64 {
+	if s.Current == nil {
+		return 0
+	}
+	return s.Current.Epoch
+}
+
+// MemberIDs returns the ids under /flux/members/, sorted. Route by
+// RingMembers instead.
 func (s *Snapshot) MemberIDs() []string {
 	ids := make([]string, 0, len(s.Members))
 	for id := range s.Members {
@@ -100,7 +170,8 @@ func (s *Snapshot) Services() []string {
 }
 
 func (s *Snapshot) clone() *Snapshot {
-	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Gateways: maps.Clone(s.Gateways), Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
+	// The ring records are never modified once parsed, so they are shared.
+	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Current: s.Current, Next: s.Next, Gateways: maps.Clone(s.Gateways), Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
 	for id, m := range s.Members {
 		c.Members[id] = m
 	}
@@ -121,6 +192,21 @@ func (s *Snapshot) apply(key string, value []byte) error {
 	switch {
 	case key == DataKey:
 		s.HoldsData = value != nil
+	case key == RingCurrentKey || key == RingNextKey:
+		var r *RingRecord
+		if value != nil {
+			var err error
+			if r, err = parseRingRecord(value); err != nil {
+				// The snapshot keeps the record it had: routing by an older
+				// ring is better than by none.
+				return fmt.Errorf("ring record %s: %w", key, err)
+			}
+		}
+		if key == RingCurrentKey {
+			s.Current = r
+		} else {
+			s.Next = r
+		}
 	case strings.HasPrefix(key, GatewaysPrefix):
 		id := strings.TrimPrefix(key, GatewaysPrefix)
 		if value == nil {

@@ -62,7 +62,7 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData}
 	live := snap.Instances[kvv1connect.KVServiceName]
 	var wg sync.WaitGroup
-	for _, id := range snap.MemberIDs() {
+	for _, id := range snap.RingMembers() {
 		m := &clusterv1.Member{Id: id, JoinedAt: timestamp(snap.Members[id].JoinedAt)}
 		resp.Members = append(resp.Members, m)
 		inst, ok := live[id]

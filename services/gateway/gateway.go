@@ -544,7 +544,7 @@ func (g *Gateway) refresh(ctx context.Context, snap *discovery.Snapshot) {
 // later) rather than Unimplemented while no node is live.
 func served(snap *discovery.Snapshot) []string {
 	names := slices.DeleteFunc(snap.Services(), func(name string) bool { return notProxied[name] })
-	if len(snap.Members) > 0 && !slices.Contains(names, kvv1connect.KVServiceName) {
+	if len(snap.RingMembers()) > 0 && !slices.Contains(names, kvv1connect.KVServiceName) {
 		names = append(names, kvv1connect.KVServiceName)
 	}
 	return names

@@ -25,9 +25,9 @@ type backend struct {
 }
 
 // rings keeps one ring per service, rebuilt only when its members change.
-// Flux-KV's own service is placed over the cluster's members (a member that
-// is down keeps its keys, which then fail fast); any other service over its
-// live instances.
+// Flux-KV's own service is placed over the cluster's ring record (its
+// members, live or not: one that is down keeps its keys, which then fail
+// fast); any other service over its live instances.
 type rings struct {
 	mu    sync.Mutex
 	rings map[string]serviceRing
@@ -48,7 +48,7 @@ func (r *rings) get(service string, snap *discovery.Snapshot) (*ring.Ring, error
 	if ok && cur.snap == snap {
 		return cur.ring, nil
 	}
-	ids := snap.MemberIDs()
+	ids := snap.RingMembers()
 	if service != kvv1connect.KVServiceName {
 		ids = sortedIDs(snap.Instances[service])
 	}

@@ -68,10 +68,11 @@ type cluster struct {
 	donec     chan struct{}
 }
 
-// view is the ring and the etcd revision of the members it was built from.
+// view is the ring, its epoch and the etcd revision it was built from.
 type view struct {
-	ring *ring.Ring
-	rev  int64
+	ring  *ring.Ring
+	epoch int64 // 0 while the cluster has no ring record (not migrated yet)
+	rev   int64
 }
 
 // join records the node as a member, starts watching the cluster and
@@ -132,6 +133,15 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 	if err := c.watcher.Start(ctx); err != nil {
 		return nil, err
 	}
+	// A cluster created before ring records existed gets one now, from the
+	// members it has, before this node changes the members.
+	migrated, err := discovery.MigrateRing(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	if migrated {
+		cfg.Logger.Info("recorded the cluster's ring at epoch 1 from its members", slog.String("node_id", cfg.NodeID))
+	}
 	added, err = discovery.AddMember(ctx, client, cfg.NodeID, cfg.AcceptKeyMovement)
 	if errors.Is(err, discovery.ErrHoldsData) {
 		return nil, fmt.Errorf("cannot add node %s to a cluster that holds data: keys would move to it without their values, "+
@@ -143,16 +153,30 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 	if added {
 		cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
 	}
-	// The member just recorded may not be in the snapshot yet: wait for it,
-	// so the ring this node starts with includes itself.
+	// The ring just written (by this node or another) may not be in the
+	// snapshot yet: wait for it, so the ring this node starts with includes
+	// itself, and markData below compares against a view no older than
+	// what this node wrote.
+	resp, err := client.Get(ctx, discovery.RingCurrentKey)
+	if err != nil {
+		return nil, fmt.Errorf("read the cluster's ring: %w", err)
+	}
+	var ringRev int64
+	if len(resp.Kvs) == 1 {
+		ringRev = resp.Kvs[0].ModRevision
+	}
 	snap, changed := c.watcher.Current()
-	for _, ok := snap.Members[c.self]; !ok; _, ok = snap.Members[c.self] {
+	for _, ok := snap.Members[c.self]; !ok || snap.Revision < ringRev; _, ok = snap.Members[c.self] {
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting to see this node's membership in etcd: %w", ctx.Err())
 		case <-changed:
 		}
 		snap, changed = c.watcher.Current()
+	}
+	if !slices.Contains(snap.RingMembers(), c.self) {
+		return nil, fmt.Errorf("node %s is a member but not on the cluster's ring (epoch %d): it was added by hand or by an older version; "+
+			"remove it from /flux/members/ and start it again", c.self, snap.Epoch())
 	}
 	if err := c.rebuild(snap); err != nil {
 		return nil, err
@@ -211,7 +235,8 @@ func (c *cluster) markData(ctx context.Context, key string) error {
 	return nil
 }
 
-// follow rebuilds the ring whenever the members change.
+// follow rebuilds the ring whenever the cluster's ring record (or, before
+// it has one, its members) changes.
 func (c *cluster) follow(changed <-chan struct{}) {
 	defer close(c.donec)
 	for {
@@ -229,13 +254,13 @@ func (c *cluster) follow(changed <-chan struct{}) {
 }
 
 func (c *cluster) rebuild(snap *discovery.Snapshot) error {
-	ids := snap.MemberIDs()
+	ids, epoch := snap.RingMembers(), snap.Epoch()
 	if v := c.view.Load(); v != nil && slices.Equal(v.ring.Members(), ids) {
 		// Same ring, newer revision: a member removed and added again
 		// under its id must not leave markData comparing against the
 		// revision before that.
 		if snap.Revision > v.rev {
-			c.view.Store(&view{ring: v.ring, rev: snap.Revision})
+			c.view.Store(&view{ring: v.ring, epoch: epoch, rev: snap.Revision})
 		}
 		return nil
 	}
@@ -243,8 +268,8 @@ func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 	if err != nil {
 		return err
 	}
-	c.view.Store(&view{ring: r, rev: snap.Revision})
-	c.logger.Info("ring updated", slog.Any("members", ids))
+	c.view.Store(&view{ring: r, epoch: epoch, rev: snap.Revision})
+	c.logger.Info("ring updated", slog.Int64("epoch", epoch), slog.Any("members", ids))
 	return nil
 }
 

@@ -233,6 +233,94 @@ func TestNewMemberIsRefusedWhileTheClusterHoldsData(t *testing.T) {
 	}
 }
 
+// TestRoutingFollowsTheRingRecord: nodes route by /flux/ring/current, not
+// by the member keys, and follow it as it changes.
+func TestRoutingFollowsTheRingRecord(t *testing.T) {
+	t.Parallel()
+	etcdURL, nodes := startCluster(t, 2)
+	for _, node := range nodes {
+		// Two joins, one epoch each.
+		waitUntil(t, "epoch 2 on every node", func() bool { return node.RingEpoch() == 2 })
+	}
+	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kv.Close()
+	ctx := context.Background()
+	// A member only the record names (no member key, not live) owns keys.
+	wide, _ := ring.New([]string{"node-1", "node-2", "node-ghost"})
+	ghostKey := keyOwnedBy(wide, "node-ghost", "g")
+	if _, err := kv.Put(ctx, discovery.RingCurrentKey, `{"epoch": 9, "members": ["node-1", "node-2", "node-ghost"]}`); err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range nodes {
+		client := kvv1connect.NewKVServiceClient(h2cClient(t), node.APIURL())
+		waitUntil(t, fmt.Sprintf("node-%d to route by epoch 9", i+1), func() bool {
+			_, err := client.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: ghostKey, Value: []byte("v")}))
+			return coord.Reason(err) == coord.ReasonOwnerNotLive && strings.Contains(err.Error(), "node-ghost")
+		})
+		if got := node.RingEpoch(); got != 9 {
+			t.Errorf("node-%d: epoch %d, want 9", i+1, got)
+		}
+	}
+	// Back to the members: the key is served again.
+	if _, err := kv.Put(ctx, discovery.RingCurrentKey, `{"epoch": 10, "members": ["node-1", "node-2"]}`); err != nil {
+		t.Fatal(err)
+	}
+	for i, node := range nodes {
+		client := kvv1connect.NewKVServiceClient(h2cClient(t), node.APIURL())
+		waitUntil(t, fmt.Sprintf("node-%d to route by epoch 10", i+1), func() bool {
+			_, err := client.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: ghostKey, Value: []byte("v")}))
+			return err == nil
+		})
+		if got := node.RingEpoch(); got != 10 {
+			t.Errorf("node-%d: epoch %d, want 10", i+1, got)
+		}
+	}
+}
+
+// TestNodeMigratesAClusterWithoutRingRecord: a cluster whose members
+// predate ring records gets one, epoch 1 over those members, from the first
+// node that starts.
+func TestNodeMigratesAClusterWithoutRingRecord(t *testing.T) {
+	t.Parallel()
+	etcd, err := etcdembed.Start(t.TempDir(), "http://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(etcd.Close)
+	kv, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd.ClientURL()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kv.Close()
+	ctx := context.Background()
+	for _, id := range []string{"node-1", "node-old"} {
+		if _, err := kv.Put(ctx, discovery.MemberKey(id), `{"id":"`+id+`"}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node, err := kvnode.New(withTestDefaults(kvnode.Config{NodeID: "node-1", DataDir: t.TempDir(), Etcd: []string{etcd.ClientURL()}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Shutdown(ctx)
+	if err := node.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := kv.Get(ctx, discovery.RingCurrentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"epoch":1,"members":["node-1","node-old"]}` {
+		t.Fatalf("ring record after the first start: %v", resp.Kvs)
+	}
+	if got := node.RingEpoch(); got != 1 {
+		t.Errorf("node's epoch: %d, want 1", got)
+	}
+}
+
 // TestEtcdOutage stops etcd for longer than the lease TTL: nodes keep
 // serving meanwhile, register again when etcd returns, and the cluster
 // routes normally afterwards.

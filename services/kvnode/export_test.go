@@ -18,3 +18,13 @@ func (a *applier) Run(stream copyStream) (int64, error) { return a.run(stream) }
 
 // Revision is the source revision the copy has been applied through.
 func (a *applier) Revision() int64 { return a.revision() }
+
+// RingEpoch is the epoch of the ring the node routes by: 0 before it joined
+// a cluster, or while the cluster has no ring record.
+func (n *Node) RingEpoch() int64 {
+	c := n.router.cluster.Load()
+	if c == nil {
+		return 0
+	}
+	return c.view.Load().epoch
+}
