@@ -28,7 +28,7 @@ const (
 	Put      Workload = "put"      // one Put (Redis SET) per request
 	Mixed    Workload = "mixed"    // one Get or Put per request, in the read ratio
 	Batch    Workload = "batch"    // one Batch call of Config.Batch gets or puts (Redis MGET or MSET) per request
-	Pipeline Workload = "pipeline" // Config.Depth operations in flight per stream (Redis: per pipeline round trip)
+	Pipeline Workload = "pipeline" // Config.Depth operations in flight per stream (Redis: per lock-step pipeline round trip)
 )
 
 // Workloads lists every workload.
@@ -48,7 +48,7 @@ type Config struct {
 	Workload     Workload
 	ReadRatio    float64 // share of gets: per operation for Mixed and Pipeline, per call for Batch; Get and Put ignore it
 	Batch        int     // keys per Batch call, MGET or MSET (1 to 1000)
-	Depth        int     // operations in flight per Pipeline stream; commands per Redis pipeline round trip
+	Depth        int     // operations in flight per Pipeline stream; commands per Redis pipeline round trip (see Pipeline)
 	Keys         int     // size of the key space
 	KeySize      int     // bytes per key
 	ValueSize    int     // bytes per value
@@ -56,7 +56,7 @@ type Config struct {
 	ZipfS        float64 // exponent of the Zipfian distribution, > 1
 	Concurrency  int     // workers
 	Duration     time.Duration
-	Requests     int64         // measured requests in all; when set, Duration is ignored
+	Requests     int64         // measured requests in all (pipeline operations for Pipeline); when set, Duration is ignored
 	Warmup       time.Duration // time spent sending requests before measuring
 	Preload      bool          // write every key once before the warmup, so that gets find their key
 
@@ -95,8 +95,19 @@ func (c *Config) Validate() error {
 	case c.Warmup < 0:
 		return fmt.Errorf("warmup %s: must not be negative", c.Warmup)
 	}
-	_, err := NewKeyspace(c.Keys, c.KeySize)
-	return err
+	return checkKeyWidth(c.Keys, c.KeySize)
+}
+
+// Writes reports whether a run of c writes keys: with the preload, or with
+// puts in its workload. c must be valid.
+func (c *Config) Writes() bool {
+	switch c.Workload {
+	case Get:
+		return c.Preload
+	case Put:
+		return true
+	}
+	return c.Preload || c.ReadRatio < 1
 }
 
 func validWorkload(w Workload) bool {
@@ -240,15 +251,15 @@ func Run(ctx context.Context, cfg Config, target Target) (*Summary, error) {
 	return sum, nil
 }
 
-// report calls cfg.Progress every interval until donec is closed.
+// report calls cfg.Progress every interval until donec is closed. The
+// measure phase counts only operations of measured requests, which the
+// recorders keep apart from the warmup's.
 func report(s *schedule, recs []*Recorder, cfg *Config, donec <-chan struct{}) {
 	tick := time.NewTicker(cfg.ProgressInterval)
 	defer tick.Stop()
 	var (
-		last      int64 // operations at the previous report
-		lastAt    = s.now()
-		measured  bool
-		atMeasure int64 // operations when measuring started
+		last   int64 // operations at the previous report
+		lastAt = s.now()
 	)
 	for {
 		select {
@@ -256,17 +267,16 @@ func report(s *schedule, recs []*Recorder, cfg *Config, donec <-chan struct{}) {
 			return
 		case <-tick.C:
 		}
-		var ops int64
+		var warmup, measured int64
 		for _, r := range recs {
-			ops += r.progress.Load()
+			warmup += r.warmupOps.Load()
+			measured += r.measuredOps.Load()
 		}
+		ops := warmup + measured
 		now := s.now()
-		p := Progress{Phase: PhaseWarmup, Elapsed: time.Duration(now), Ops: ops}
+		p := Progress{Phase: PhaseWarmup, Elapsed: time.Duration(now), Ops: warmup}
 		if now >= s.measureStart {
-			if !measured {
-				measured, atMeasure = true, last
-			}
-			p.Phase, p.Elapsed, p.Ops = PhaseMeasure, time.Duration(now-s.measureStart), ops-atMeasure
+			p.Phase, p.Elapsed, p.Ops = PhaseMeasure, time.Duration(now-s.measureStart), measured
 		}
 		if dt := time.Duration(now - lastAt).Seconds(); dt > 0 {
 			p.Rate = float64(ops-last) / dt

@@ -147,7 +147,13 @@ func preload(ctx context.Context, n, chunk, parallel int, put func(worker, from,
 	return err
 }
 
+// FluxMaxKeySize is the longest key, in bytes, the Flux-KV API accepts.
+const FluxMaxKeySize = 1024
+
 func (t *fluxTarget) NewWorker(i int, cfg *Config, value []byte) (Worker, error) {
+	if cfg.KeySize > FluxMaxKeySize {
+		return nil, fmt.Errorf("keys of %d bytes: Flux-KV takes keys of at most %d bytes", cfg.KeySize, FluxMaxKeySize)
+	}
 	w := &fluxWorker{cfg: cfg}
 	conn := i % t.conns()
 	if t.sdk != nil {
@@ -217,11 +223,15 @@ func (w *fluxWorker) Run(ctx context.Context, gen *Generator, rec *Recorder) {
 		case Batch:
 			ops, err = w.doBatch(ctx, gen, rec, start)
 		}
-		if err != nil {
+		switch {
+		case err != nil:
 			rec.Fail(start, codeName(err))
-			continue
+		case ops > 0:
+			rec.Done(start, ops)
+		default:
+			// Every operation of the Batch call failed: doBatch counted
+			// them, and the call is neither a successful request nor timed.
 		}
-		rec.Done(start, ops)
 	}
 }
 
@@ -249,7 +259,8 @@ func (w *fluxWorker) doPut(ctx context.Context, key string) error {
 }
 
 // doBatch sends one Batch call of gets or puts and returns the number of
-// operations that succeeded; those that failed are counted with rec.
+// operations that succeeded; those that failed are counted with rec. An
+// error means the call itself failed.
 func (w *fluxWorker) doBatch(ctx context.Context, gen *Generator, rec *Recorder, start int64) (int, error) {
 	b := &w.puts
 	if gen.Read() {

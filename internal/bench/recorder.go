@@ -48,9 +48,13 @@ type Recorder struct {
 	requests int64 // measured successful requests
 	ops      int64 // measured successful key operations
 
-	_        [64]byte     // keeps workers' progress counters on separate cache lines
-	progress atomic.Int64 // successful key operations, warmup included, for the progress line
-	_        [56]byte
+	// Successful key operations, for the progress line: of requests that
+	// started in the warmup, and of measured ones, so that the first
+	// measured count holds no warmup operation.
+	_           [64]byte // keeps workers' progress counters on separate cache lines
+	warmupOps   atomic.Int64
+	measuredOps atomic.Int64
+	_           [48]byte
 }
 
 func newRecorder(s *schedule) *Recorder {
@@ -84,10 +88,11 @@ func (r *Recorder) Over() bool { return r.s.over() }
 // operations.
 func (r *Recorder) Done(start int64, ops int) {
 	end := r.s.now()
-	r.progress.Add(int64(ops))
 	if start < r.s.measureStart {
+		r.warmupOps.Add(int64(ops))
 		return
 	}
+	r.measuredOps.Add(int64(ops))
 	r.hist.Record(time.Duration(end - start))
 	r.requests++
 	r.ops += int64(ops)
@@ -101,8 +106,9 @@ func (r *Recorder) Fail(start int64, name string) {
 }
 
 // FailOps records n key operations that failed with the error named name
-// inside a request that started at start and otherwise succeeded (a Batch
-// call or a Redis pipeline).
+// inside a Batch call that started at start; the call counts as a
+// successful request only if the caller also calls Done for the operations
+// that succeeded.
 func (r *Recorder) FailOps(start int64, name string, n int) {
 	if start < r.s.measureStart || r.s.ctx.Err() != nil {
 		return

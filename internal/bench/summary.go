@@ -28,11 +28,11 @@ type Summary struct {
 	Batch             int              `json:"batch"`
 	Depth             int              `json:"depth"`
 	DurationSeconds   float64          `json:"duration_seconds"` // measured time
-	Requests          int64            `json:"requests"`         // successful RPCs, pipeline operations or Redis round trips
+	Requests          int64            `json:"requests"`         // successful RPCs or Redis commands; pipeline operations on both targets
 	Ops               int64            `json:"ops"`              // successful key operations
 	RequestsPerSecond float64          `json:"requests_per_second"`
 	OpsPerSecond      float64          `json:"ops_per_second"`
-	LatencyUS         Latency          `json:"latency_us"` // per request; per operation for Flux pipelines
+	LatencyUS         Latency          `json:"latency_us"` // per request: per operation for pipelines (its stream round trip for Flux-KV, its whole pipeline's for Redis)
 	Errors            map[string]int64 `json:"errors"`     // failed requests (or key operations) by error kind
 }
 

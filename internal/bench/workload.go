@@ -18,12 +18,8 @@ type Keyspace struct {
 // NewKeyspace returns n keys of width bytes each. It fails when width
 // cannot hold "k" and the digits of n-1.
 func NewKeyspace(n, width int) (*Keyspace, error) {
-	if n < 1 {
-		return nil, fmt.Errorf("key space of %d keys: need at least 1", n)
-	}
-	digits := len(strconv.Itoa(n - 1))
-	if width < 1+digits {
-		return nil, fmt.Errorf("keys of %d bytes cannot number %d keys: need at least %d bytes", width, n, 1+digits)
+	if err := checkKeyWidth(n, width); err != nil {
+		return nil, err
 	}
 	buf := make([]byte, 0, n*width)
 	var num []byte
@@ -36,6 +32,22 @@ func NewKeyspace(n, width int) (*Keyspace, error) {
 		buf = append(buf, num...)
 	}
 	return &Keyspace{n: n, width: width, buf: string(buf)}, nil
+}
+
+// checkKeyWidth reports whether n keys fit in width bytes each: "k" and
+// the digits of n-1. It counts the digits rather than building the keys.
+func checkKeyWidth(n, width int) error {
+	if n < 1 {
+		return fmt.Errorf("key space of %d keys: need at least 1", n)
+	}
+	digits := 1
+	for v := n - 1; v >= 10; v /= 10 {
+		digits++
+	}
+	if width < 1+digits {
+		return fmt.Errorf("keys of %d bytes cannot number %d keys: need at least %d bytes", width, n, 1+digits)
+	}
+	return nil
 }
 
 // Len returns the number of keys.

@@ -25,13 +25,16 @@ const maxWorkers = 256
 // when one is idle; a call that finds none runs where it is, so long
 // streams holding workers never queue other calls. A panic in the handler
 // is raised again on the calling goroutine, where the HTTP server expects
-// it.
+// it; a handler that calls runtime.Goexit ends its worker, and the caller
+// panics with http.ErrAbortHandler, which the HTTP server takes as an
+// aborted response.
 type workers struct {
 	h       http.Handler
 	tasks   chan *task // unbuffered: a send succeeds only when a worker waits
 	started atomic.Int32
 	quit    chan struct{}
 	stop    sync.Once
+	pool    sync.Pool // of *task
 }
 
 // task is one handler call and its outcome.
@@ -42,14 +45,14 @@ type task struct {
 	panicked any
 }
 
-var taskPool = sync.Pool{New: func() any { return &task{done: make(chan struct{}, 1)} }}
-
 func newWorkers(h http.Handler) *workers {
-	return &workers{h: h, tasks: make(chan *task), quit: make(chan struct{})}
+	p := &workers{h: h, tasks: make(chan *task), quit: make(chan struct{})}
+	p.pool.New = func() any { return &task{done: make(chan struct{}, 1)} }
+	return p
 }
 
 func (p *workers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	t := taskPool.Get().(*task)
+	t := p.pool.Get().(*task)
 	t.w, t.r = w, r
 	select {
 	case p.tasks <- t:
@@ -57,7 +60,7 @@ func (p *workers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if p.started.Add(1) > maxWorkers {
 			p.started.Add(-1)
 			t.w, t.r = nil, nil
-			taskPool.Put(t)
+			p.pool.Put(t)
 			p.h.ServeHTTP(w, r)
 			return
 		}
@@ -66,7 +69,7 @@ func (p *workers) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	<-t.done
 	v := t.panicked
 	t.w, t.r, t.panicked = nil, nil, nil
-	taskPool.Put(t)
+	p.pool.Put(t)
 	if v != nil {
 		panic(v)
 	}
@@ -85,11 +88,20 @@ func (p *workers) work(first *task) {
 }
 
 func (p *workers) run(t *task) {
+	returned := false
 	defer func() {
-		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler {
+		if !returned {
+			switch v := recover(); {
+			case v == nil:
+				// Not a panic (panic(nil) recovers a *runtime.PanicNilError)
+				// but runtime.Goexit: this goroutine ends once the deferred
+				// calls are done, so it is no longer a worker. The HTTP
+				// server would have ended the response; an abort does.
+				p.started.Add(-1)
+				t.panicked = http.ErrAbortHandler
+			case v == http.ErrAbortHandler:
 				t.panicked = v
-			} else {
+			default:
 				// The stack is the worker's; the HTTP server logs the one
 				// of the goroutine that raises the panic again.
 				t.panicked = fmt.Errorf("%v\n\nhandler goroutine:\n%s", v, debug.Stack())
@@ -98,6 +110,7 @@ func (p *workers) run(t *task) {
 		t.done <- struct{}{}
 	}()
 	p.h.ServeHTTP(t.w, t.r)
+	returned = true
 }
 
 // Close lets idle workers exit; busy ones exit when their call returns.

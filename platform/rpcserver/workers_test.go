@@ -8,31 +8,60 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 func TestWorkersReuseGoroutines(t *testing.T) {
-	var calls int
+	// In a bubble, synctest.Wait returns once every worker is blocked
+	// waiting for a task, so each call below finds the first worker idle
+	// whatever the scheduler does.
+	synctest.Test(t, func(t *testing.T) {
+		var calls int
+		p := newWorkers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			calls++
+			w.WriteHeader(http.StatusTeapot)
+		}))
+		defer p.Close()
+		for i := range 100 {
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+			if rec.Code != http.StatusTeapot {
+				t.Fatalf("#%d: status %d, want %d", i, rec.Code, http.StatusTeapot)
+			}
+			synctest.Wait()
+			if n := p.started.Load(); n != 1 {
+				t.Fatalf("#%d: %d workers started for sequential calls, each after the last worker was idle; want 1", i, n)
+			}
+		}
+		if calls != 100 {
+			t.Fatalf("handler ran %d times, want 100", calls)
+		}
+	})
+}
+
+func TestWorkersAtMostMaxWorkers(t *testing.T) {
+	release := make(chan struct{})
+	var running sync.WaitGroup
 	p := newWorkers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls++
-		w.WriteHeader(http.StatusTeapot)
+		running.Done()
+		<-release
 	}))
 	defer p.Close()
-	for range 100 {
-		rec := httptest.NewRecorder()
-		p.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
-		if rec.Code != http.StatusTeapot {
-			t.Fatalf("status %d, want %d", rec.Code, http.StatusTeapot)
-		}
+	const calls = 2 * maxWorkers
+	var done sync.WaitGroup
+	running.Add(calls)
+	for range calls {
+		done.Go(func() { p.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)) })
 	}
-	if calls != 100 {
-		t.Fatalf("handler ran %d times, want 100", calls)
+	running.Wait()
+	if n := p.started.Load(); n > maxWorkers || n < 1 {
+		t.Errorf("started %d workers for %d concurrent calls, want 1 to %d", n, calls, maxWorkers)
 	}
-	// Calls one after another find an earlier worker idle, unless they
-	// come before it is back to waiting; not one in a hundred should.
-	if n := p.started.Load(); n >= 100 {
-		t.Fatalf("started %d workers for 100 sequential calls: none was reused", n)
-	}
+	close(release)
+	done.Wait()
 }
 
 func TestWorkersRunInlineWhenAllBusy(t *testing.T) {
@@ -97,8 +126,35 @@ func TestWorkersRaisePanicsOnTheCaller(t *testing.T) {
 	}
 }
 
+func TestWorkersGoexit(t *testing.T) {
+	p := newWorkers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/exit" {
+			runtime.Goexit()
+		}
+		w.WriteHeader(http.StatusTeapot)
+	}))
+	defer p.Close()
+	recovered := func(path string) (code int, v any) {
+		defer func() { v = recover() }()
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, nil
+	}
+	// The handler's goroutine is gone: the caller aborts the response, as
+	// the HTTP server does when a handler on its own goroutine exits.
+	if _, v := recovered("/exit"); v != http.ErrAbortHandler {
+		t.Fatalf("panic value %v after runtime.Goexit, want http.ErrAbortHandler", v)
+	}
+	if n := p.started.Load(); n != 0 {
+		t.Fatalf("%d workers counted after the only one exited, want 0", n)
+	}
+	if code, v := recovered("/"); v != nil || code != http.StatusTeapot {
+		t.Fatalf("next call: status %d, panic %v; want %d", code, v, http.StatusTeapot)
+	}
+}
+
 func TestWorkersExitOnClose(t *testing.T) {
-	before := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	release := make(chan struct{})
 	var running sync.WaitGroup
 	p := newWorkers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -114,11 +170,4 @@ func TestWorkersExitOnClose(t *testing.T) {
 	close(release)
 	done.Wait()
 	p.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d goroutines after Close, %d before the workers started", runtime.NumGoroutine(), before)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }

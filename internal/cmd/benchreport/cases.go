@@ -219,7 +219,7 @@ func (r *runner) fluxCase(ctx context.Context, id, label string, spec nodeSpec, 
 func (r *runner) redisCase(ctx context.Context, id, label, workload string, extra ...string) (*caseResult, error) {
 	args := append(append(r.benchArgs(workload), redisArgs()...), extra...)
 	c, err := r.bench(ctx, id, label, "redis-server "+redisAddr+", db "+strconv.Itoa(redisDB), args)
-	if flushErr := r.redis.flushDB(redisDB); err == nil && flushErr != nil {
+	if flushErr := r.redis.flushDB(ctx); err == nil && flushErr != nil {
 		err = flushErr
 	}
 	return c, err

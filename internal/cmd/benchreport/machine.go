@@ -62,21 +62,21 @@ func describeMachine(ctx context.Context, redis *redisConn) (machine, error) {
 	if out, err := gitOutput(ctx, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"); err == nil {
 		m.Dirty = out != ""
 	}
-	info, err := redis.info("server")
+	info, err := redis.info(ctx, "server")
 	if err != nil {
 		return m, err
 	}
 	m.Redis = info["redis_version"]
 	m.RedisAOF, m.RedisFsync, m.RedisSave = "unknown", "unknown", "unknown"
-	if v, ok := redis.config("appendonly"); ok {
+	if v, ok := redis.config(ctx, "appendonly"); ok {
 		m.RedisAOF = v
-	} else if p, err := redis.info("persistence"); err == nil {
+	} else if p, err := redis.info(ctx, "persistence"); err == nil {
 		m.RedisAOF = map[string]string{"0": "no", "1": "yes"}[p["aof_enabled"]]
 	}
-	if v, ok := redis.config("appendfsync"); ok {
+	if v, ok := redis.config(ctx, "appendfsync"); ok {
 		m.RedisFsync = v
 	}
-	if v, ok := redis.config("save"); ok {
+	if v, ok := redis.config(ctx, "save"); ok {
 		m.RedisSave = cmp.Or(v, "off")
 	}
 	return m, nil

@@ -6,8 +6,9 @@
 // Go benchmarks and mutex profiles, and measures memory per key.
 //
 // It needs Redis at 127.0.0.1:6379 (it writes only to database 15, which it
-// flushes after each case) and RabbitMQ at amqp://guest:guest@127.0.0.1:5672/
-// for the CDC case. Run it from the repository root:
+// flushes before it starts, after each case and at the end) and RabbitMQ at
+// amqp://guest:guest@127.0.0.1:5672/ for the CDC case. Run it from the
+// repository root:
 //
 //	go run ./internal/cmd/benchreport -out docs/benchmarks.md
 //

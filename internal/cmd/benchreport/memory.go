@@ -69,13 +69,13 @@ func (r *runner) measureMemory(ctx context.Context, spec nodeSpec) (memoryResult
 	}
 
 	logf("memory: loading %s keys into Redis db %d", formatCount(float64(m.Keys)), redisDB)
-	before, err := r.redis.info("memory")
+	before, err := r.redis.info(ctx, "memory")
 	if err != nil {
 		return m, err
 	}
 	_, loadErr := r.fluxBench(ctx, append(load, redisArgs()...))
-	after, err := r.redis.info("memory")
-	if flushErr := r.redis.flushDB(redisDB); flushErr != nil && loadErr == nil {
+	after, err := r.redis.info(ctx, "memory")
+	if flushErr := r.redis.flushDB(ctx); flushErr != nil && loadErr == nil {
 		loadErr = flushErr
 	}
 	if loadErr != nil {

@@ -109,7 +109,7 @@ func (rep *report) markdown() string {
 
 	b.WriteString("\n## How to reproduce\n\n")
 	b.WriteString("With Go, Redis on 127.0.0.1:6379 and RabbitMQ on 127.0.0.1:5672 (guest/guest), from the repository root. ")
-	b.WriteString("The report uses Redis database 15 as scratch space: it flushes that database (and no other) before it starts and after every case.\n\n")
+	fmt.Fprintf(&b, "The report uses Redis database %d as scratch space: it flushes that database (and no other) before it starts, after every case and at the end.\n\n", redisDB)
 	b.WriteString("```sh\njust bench-report\n# or, without just:\ngo run ./internal/cmd/benchreport -out docs/benchmarks.md\n")
 	b.WriteString("# under a minute, to check the setup (the numbers mean little):\ngo run ./internal/cmd/benchreport -quick -out /tmp/bench.md\n```\n\n")
 	b.WriteString("`-duration` and `-warmup` change the time per case. One case by hand, for example Flux-KV Get against a node on port 7701:\n\n")
@@ -136,12 +136,14 @@ func (rep *report) writeMethod(b *strings.Builder) {
 	fmt.Fprintf(b, "- %d workers, each with one request (or one pipeline) outstanding; keys of %d bytes drawn uniformly from %s keys; values of %d bytes.\n",
 		clients, keySize, formatCount(float64(cfg.keys)), valueSize)
 	fmt.Fprintf(b, "- Flux-KV is reached over gRPC (h2c) unless a row says otherwise, with one HTTP/2 connection per worker, as each Redis worker has its own connection.\n")
-	fmt.Fprintf(b, "- Redis is the redis-server already running on %s, in database %d, which is flushed after every case.\n", redisAddr, redisDB)
+	fmt.Fprintf(b, "- Redis is the redis-server already running on %s, in database %d, the report's scratch space: "+
+		"the report flushes that database (and no other) before it starts, after every case and at the end, so keep nothing in it.\n", redisAddr, redisDB)
 	if m.busy() {
 		fmt.Fprintf(b, "- **The machine was not idle**: other work used %.0f%% of its CPU when the run started, and so took CPU from some cases. "+
 			"Ratios within a table, whose cases ran back to back, say more than numbers compared across tables.\n", 100*m.CPUBusy)
 	}
-	b.WriteString("- Throughput is successful key operations per second. Latency is per request (per operation for Flux-KV pipelines), from an HDR histogram. " +
+	b.WriteString("- Throughput is successful key operations per second. Latency is per request, from an HDR histogram; " +
+		"in the pipelining cases, per operation (see that section for how the two pipeline). " +
 		"Each ratio is a row's throughput over its baseline's, both from this run.\n")
 }
 
@@ -175,7 +177,8 @@ func writeComparison(b *strings.Builder, c comparison) {
 
 func (rep *report) writeLatency(b *strings.Builder) {
 	b.WriteString("\n## Latency\n\n")
-	b.WriteString("p50 and p99 of every case above, on one scale. Flux-KV pipeline latency is per operation, Redis pipeline latency per round trip of 16 commands.\n\n")
+	b.WriteString("p50 and p99 of every case above with one request in flight per worker, on one scale. " +
+		"The pipelining cases are left out: their latencies, with many operations in flight per worker, are in their own table.\n\n")
 	b.WriteString("![Latency of every case: p50 and p99](bench/latency.svg)\n")
 }
 

@@ -28,14 +28,15 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	defer redis.Close()
 	// Database 15 is the project's scratch database for benchmarks: flux
-	// bench never flushes it, so earlier runs and tests leave their keys.
-	if n, err := redis.dbsize(redisDB); err != nil {
+	// bench never flushes it, so earlier runs and tests leave their keys,
+	// and it refuses to write into a database holding other keys.
+	n, err := redis.dbsize(ctx)
+	if err != nil {
 		return err
-	} else if n > 0 {
-		logf("redis database %d holds %d keys left by earlier benchmarks; flushing it", redisDB, n)
-		if err := redis.flushDB(redisDB); err != nil {
-			return err
-		}
+	}
+	logf("redis database %d is the report's scratch space: flushing it (%d keys) now, after every case and at the end", redisDB, n)
+	if err := redis.flushDB(ctx); err != nil {
+		return err
 	}
 	if err := checkRabbitMQ(ctx); err != nil {
 		return err
@@ -67,7 +68,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	p := &procs{flux: bin, dir: tmp}
 	defer p.stopAll()
 	defer func() {
-		if flushErr := redis.flushDB(redisDB); flushErr != nil && err == nil {
+		if flushErr := redis.flushDB(ctx); flushErr != nil && err == nil {
 			err = flushErr
 		}
 	}()
@@ -202,11 +203,13 @@ func (rep *report) charts() map[string][]byte {
 				}
 			}
 			bars = append(bars, bar{Label: r.Case.Label, Value: s.OpsPerSecond, Text: formatCount(s.OpsPerSecond) + " ops/s", Color: color})
-			lat = append(lat, latencyGroup{Label: r.Case.Label, P50: s.LatencyUS.P50, P99: s.LatencyUS.P99})
+			if !c.Pipelined {
+				lat = append(lat, latencyGroup{Label: r.Case.Label, P50: s.LatencyUS.P50, P99: s.LatencyUS.P99})
+			}
 		}
 		out[c.ID] = barChart(c.Title+" (ops/s)", bars)
 	}
-	out["latency"] = latencyChart("Latency per case: p50 and p99", lat)
+	out["latency"] = latencyChart("Latency per case, one request in flight per worker: p50 and p99", lat)
 
 	var store []bar
 	for _, r := range rep.goBench {
