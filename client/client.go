@@ -139,7 +139,8 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	// No Context in the config: the etcd client's context is its lifetime,
 	// and a caller's ctx that ends after New would stop discovery. The
 	// library must not write etcd's logs to the application's stderr.
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: discovery.DialOptions()})
 	if err != nil {
 		return nil, fmt.Errorf("flux client: connect to etcd: %w", err)
 	}

@@ -220,7 +220,8 @@ func New(cfg Config) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %s is not compiled in", clusterv1connect.ClusterServiceName)
 	}
 	g.own = []*resolved{cluster}
-	g.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	g.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		DialOptions: discovery.DialOptions()})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd: %w", err)
 	}

@@ -87,7 +87,8 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 		Context:     context.Background(),
 		// The client's own logging goes nowhere: the node logs what matters
 		// (lease losses, re-registrations) through its logger.
-		Logger: zap.NewNop(),
+		Logger:      zap.NewNop(),
+		DialOptions: discovery.DialOptions(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd: %w", err)
