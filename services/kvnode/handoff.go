@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
@@ -134,31 +133,7 @@ func (s *handoffService) produce(ctx context.Context, r *changelog.Reader, from 
 			Changes: &clusterv1.CopyChanges{Events: events, Revision: through},
 		}}
 	}
-	for {
-		batch, err := r.Next(ctx, watchReadBatch)
-		if err != nil {
-			return err
-		}
-		var events []*cdcv1.ChangeEvent
-		size := 0
-		for _, e := range batch {
-			if !moving(e.Key) {
-				continue
-			}
-			if len(events) > 0 && size+len(e.Data) > watchResponseBytes {
-				if err := queue(changes(events, events[len(events)-1].GetRevision())); err != nil {
-					return err
-				}
-				events, size = nil, 0
-			}
-			ev := new(cdcv1.ChangeEvent)
-			if err := proto.Unmarshal(e.Data, ev); err != nil {
-				return fmt.Errorf("decode change event %d: %w", e.Revision, err)
-			}
-			events = append(events, ev)
-			size += len(e.Data)
-		}
-		through := batch[len(batch)-1].Revision
+	return readMatching(ctx, r, moving, func(events []*cdcv1.ChangeEvent, through int64) error {
 		switch {
 		case len(events) > 0:
 			if err := queue(changes(events, through)); err != nil {
@@ -177,7 +152,8 @@ func (s *handoffService) produce(ctx context.Context, r *changelog.Reader, from 
 			}
 		}
 		src.covered.Store(through)
-	}
+		return nil
+	})
 }
 
 // walk queues the moving entries of the store in batches.

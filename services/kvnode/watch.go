@@ -224,6 +224,24 @@ func (h *handler) readLocal(ctx context.Context, r *changelog.Reader, match func
 		src.queued.Add(1)
 		return offer(ctx, out, watchItem{node: src.node, events: events, through: through, local: src}, h.watch.slow)
 	}
+	return readMatching(ctx, r, match, func(events []*cdcv1.ChangeEvent, through int64) error {
+		if len(events) > 0 {
+			if err := queue(events, through); err != nil {
+				return err
+			}
+		}
+		src.covered.Store(through)
+		return nil
+	})
+}
+
+// readMatching reads r until ctx ends or reading fails, and hands emit the
+// decoded changes whose key matches, in revision order, with the revision
+// through which the log has been read. A batch of matching changes is cut
+// at watchResponseBytes (emitted with the revision of its last change);
+// emit is called once for every batch read, with what matched of it, even
+// nothing.
+func readMatching(ctx context.Context, r *changelog.Reader, match func(string) bool, emit func(events []*cdcv1.ChangeEvent, through int64) error) error {
 	for {
 		batch, err := r.Next(ctx, watchReadBatch)
 		if err != nil {
@@ -236,7 +254,7 @@ func (h *handler) readLocal(ctx context.Context, r *changelog.Reader, match func
 				continue
 			}
 			if len(events) > 0 && size+len(e.Data) > watchResponseBytes {
-				if err := queue(events, events[len(events)-1].GetRevision()); err != nil {
+				if err := emit(events, events[len(events)-1].GetRevision()); err != nil {
 					return err
 				}
 				events, size = nil, 0
@@ -248,13 +266,9 @@ func (h *handler) readLocal(ctx context.Context, r *changelog.Reader, match func
 			events = append(events, ev)
 			size += len(e.Data)
 		}
-		through := batch[len(batch)-1].Revision
-		if len(events) > 0 {
-			if err := queue(events, through); err != nil {
-				return err
-			}
+		if err := emit(events, batch[len(batch)-1].Revision); err != nil {
+			return err
 		}
-		src.covered.Store(through)
 	}
 }
 
