@@ -392,7 +392,13 @@ func TestEtcdOutage(t *testing.T) {
 
 	etcd.Close()
 	etcd = nil
-	time.Sleep(2500 * time.Millisecond) // longer than the lease TTL
+	// Well past the lease: etcd may raise a 1 s lease to its minimum TTL,
+	// and the client gives a lease up only when a periodic deadline check
+	// finds the TTL passed since the last renewal. An outage barely longer
+	// than the TTL (this test used 2.5 s, and failed in CI) can let the
+	// client renew the old lease, which etcd restores on restart, so no new
+	// registration happens.
+	time.Sleep(5 * time.Second)
 	for i, key := range keys {
 		resp, err := clients[i].Get(ctx, connect.NewRequest(&kvv1.GetRequest{Key: key}))
 		if err != nil || string(resp.Msg.GetValue()) != "before" {
