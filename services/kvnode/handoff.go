@@ -275,27 +275,13 @@ func (s *copySender) report() error {
 // copyError maps the errors that end a Copy stream. The target's answer to
 // ABORTED and RESOURCE_EXHAUSTED is the same: copy again from the start.
 func copyError(node string, err error) error {
-	var (
-		connectErr *connect.Error
-		compacted  *changelog.CompactedError
-	)
-	switch {
-	case err == nil, errors.As(err, &connectErr):
-		return err
-	case errors.As(err, &compacted):
+	var compacted *changelog.CompactedError
+	if errors.As(err, &compacted) {
 		return connect.NewError(connect.CodeAborted, fmt.Errorf(
 			"copy fell behind: node %s no longer holds changes the copy has yet to send (its oldest is revision %d); "+
 				"restart the copy", node, compacted.Oldest))
-	case errors.Is(err, errSlowConsumer):
-		return connect.NewError(connect.CodeResourceExhausted, errors.New(
-			"copy cut off: the target stopped reading while changes kept coming; restart the copy"))
-	case errors.Is(err, changelog.ErrClosed), errors.Is(err, errDraining):
-		return connect.NewError(connect.CodeUnavailable, errors.New("the node is shutting down; restart the copy when it is back"))
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
-	default:
-		return connect.NewError(connect.CodeInternal, errors.New("the change log cannot be read"))
 	}
+	return logStreamError(err,
+		"copy cut off: the target stopped reading while changes kept coming; restart the copy",
+		"the node is shutting down; restart the copy when it is back")
 }

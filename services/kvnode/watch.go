@@ -176,16 +176,25 @@ func compactedError(node string, start, oldest int64) *connect.Error {
 
 // watchError maps the errors that end a watch stream.
 func watchError(err error) error {
+	return logStreamError(err,
+		"watch cut off: the client stopped reading while changes kept coming and the server's buffer stayed full; "+
+			"resume with the last resume_token and read faster",
+		"the node is shutting down; resume the watch with the last resume_token")
+}
+
+// logStreamError maps the errors that end a stream reading this node's
+// change log (Watch, handoff Copy): Connect errors pass through, and slow
+// and closing are the messages for a client cut off for not reading and
+// for a node that is shutting down.
+func logStreamError(err error, slow, closing string) error {
 	var connectErr *connect.Error
 	switch {
 	case err == nil, errors.As(err, &connectErr):
 		return err
 	case errors.Is(err, errSlowConsumer):
-		return connect.NewError(connect.CodeResourceExhausted, errors.New(
-			"watch cut off: the client stopped reading while changes kept coming and the server's buffer stayed full; "+
-				"resume with the last resume_token and read faster"))
+		return connect.NewError(connect.CodeResourceExhausted, errors.New(slow))
 	case errors.Is(err, changelog.ErrClosed), errors.Is(err, errDraining):
-		return connect.NewError(connect.CodeUnavailable, errors.New("the node is shutting down; resume the watch with the last resume_token"))
+		return connect.NewError(connect.CodeUnavailable, errors.New(closing))
 	case errors.Is(err, context.Canceled):
 		return connect.NewError(connect.CodeCanceled, err)
 	case errors.Is(err, context.DeadlineExceeded):
