@@ -310,6 +310,7 @@ func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanRes
 			return resp.Msg, nil
 		})
 	}
+	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		v := c.view.Load()
 		nodes, err := c.scanNodes(v)
@@ -317,7 +318,7 @@ func (c *Client) Scan(ctx context.Context, req *kvv1.ScanRequest) (*kvv1.ScanRes
 			return nil, err
 		}
 		page, err := scan(ctx, nodes, req)
-		if err == nil || attempt > 0 || !c.mayRetry(ctx, v, err, false) {
+		if err == nil || attempt > 0 || !c.mayRetry(ctx, v, err, false, attempt, start) {
 			return page, err
 		}
 	}
@@ -435,7 +436,7 @@ func (c *Client) batch(ctx context.Context, v *view, ops []*kvv1.Operation, idx 
 				sub[j] = ops[i]
 			}
 			resp, err := nodes[id].Batch(ctx, connect.NewRequest(&kvv1.BatchRequest{Operations: sub}))
-			if err != nil && retry && c.mayRetry(ctx, v, err, writes(sub)) {
+			if err != nil && retry && c.mayRetry(ctx, v, err, writes(sub), 0, time.Now()) {
 				mu.Lock()
 				again = append(again, group...)
 				mu.Unlock()

@@ -24,6 +24,7 @@ func call[T any](ctx context.Context, c *Client, key string, write bool, fn func
 		return callStatic(ctx, c, write, fn)
 	}
 	var zero T
+	start := time.Now()
 	for attempt := 0; ; attempt++ {
 		v := c.view.Load()
 		node, _, err := c.owner(v, key)
@@ -34,7 +35,7 @@ func call[T any](ctx context.Context, c *Client, key string, write bool, fn func
 		if err == nil {
 			return out, nil
 		}
-		if attempt > 0 || !c.mayRetry(ctx, v, err, write) {
+		if !c.mayRetry(ctx, v, err, write, attempt, start) {
 			return zero, err
 		}
 	}
@@ -70,11 +71,22 @@ func callStatic[T any](ctx context.Context, c *Client, write bool, fn func(kvv1c
 // mayRetry reports whether a request routed by view v that failed with err
 // may be sent again on a newer view. It waits for one, within viewWait, ctx
 // and the client's life, when err says that v is behind the cluster's.
-func (c *Client) mayRetry(ctx context.Context, v *view, err error, write bool) bool {
+//
+// While keys move between nodes a request may be refused several times
+// (MOVING while its key is frozen, then NOT_OWNER from a node that has not
+// seen the new ring yet), so those refusals are retried until
+// coord.RerouteBudget has passed since start; any other reason is retried
+// once.
+func (c *Client) mayRetry(ctx context.Context, v *view, err error, write bool, attempt int, start time.Time) bool {
 	if connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
 		return false
 	}
 	if write && !coord.WasNotExecuted(err) {
+		return false
+	}
+	reason := coord.Reason(err)
+	moving := reason == coord.ReasonMoving || reason == coord.ReasonNotOwner
+	if attempt > 0 && (!moving || time.Since(start) > coord.RerouteBudget) {
 		return false
 	}
 	select {
@@ -82,15 +94,25 @@ func (c *Client) mayRetry(ctx context.Context, v *view, err error, write bool) b
 		return true
 	default:
 	}
-	if !viewBehind(err) {
+	wait := viewWait
+	switch {
+	case reason == coord.ReasonMoving:
+		// The key's owner is right; it takes writes again shortly.
+		wait = coord.MovingBackoff(attempt)
+	case reason == coord.ReasonNotOwner && coord.Epoch(err) > 0 && coord.Epoch(err) <= v.snap.Epoch():
+		// The node that refused is the one behind: give it a moment to see
+		// the ring this client already routes by.
+		wait = coord.MovingBackoff(attempt)
+	case !viewBehind(err):
 		return false
 	}
-	timer := time.NewTimer(viewWait)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case <-v.changed:
 		return true
 	case <-timer.C:
+		return wait < viewWait
 	case <-ctx.Done():
 	case <-c.stopc:
 	}

@@ -27,29 +27,50 @@ import (
 func clusterCommand() *command {
 	fs := newFlagSet("cluster")
 	var (
-		etcd    stringList
-		timeout = 5 * time.Second
-		asJSON  bool
+		etcd     stringList
+		endpoint string
+		timeout  = 5 * time.Second
+		wait     = 10 * time.Minute
+		epoch    int64
+		asJSON   bool
 	)
-	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster (required)")
-	fs.DurationVar(&timeout, "timeout", timeout, "deadline for the whole command")
+	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster")
+	fs.StringVar(&endpoint, "endpoint", "", "`URL` of a gateway, instead of --etcd (remove-node and abort-change)")
+	fs.DurationVar(&timeout, "timeout", timeout, "deadline for each request (status: for the whole command)")
+	fs.DurationVar(&wait, "wait", wait, "remove-node: how long to wait for the keys to move and the ring to flip; 0 returns once the change is recorded")
+	fs.Int64Var(&epoch, "epoch", 0, "abort-change: the epoch of the change to abandon, as status shows it")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON, for scripts")
 	c := &command{
-		name:    "cluster",
-		args:    "status",
-		summary: "Print the cluster's ring epoch and members: whether each is live, its addresses, version and keys held. Exits 1 if a member is down.",
-		flags:   fs,
+		name: "cluster",
+		args: "status | remove-node ID | abort-change --epoch N",
+		summary: "status prints the cluster's ring epoch and members (live, addresses, version, keys held) and any membership change in progress; exits 1 if a member is down. " +
+			"remove-node moves a member's keys to the others and takes it off the ring, waiting for the move. abort-change abandons the change in progress.",
+		flags: fs,
 	}
 	c.run = func(env *environment, args []string) int {
-		if len(args) != 1 || args[0] != "status" {
-			return usageError(env, c.name, "want: flux cluster status --etcd ENDPOINTS")
+		if len(args) == 0 {
+			return usageError(env, c.name, "want: flux cluster status | remove-node ID | abort-change --epoch N")
 		}
-		if len(etcd) == 0 {
-			return usageError(env, c.name, "--etcd is required")
+		if (len(etcd) == 0) == (endpoint == "") && !(args[0] == "status" && endpoint == "" && len(etcd) == 0) {
+			return usageError(env, c.name, "give one of --etcd and --endpoint")
 		}
-		ctx, cancel := context.WithTimeout(env.ctx, timeout)
-		defer cancel()
-		return clusterStatus(ctx, env, etcd, asJSON)
+		switch {
+		case args[0] == "status" && len(args) == 1:
+			if len(etcd) == 0 {
+				return usageError(env, c.name, "status needs --etcd")
+			}
+			ctx, cancel := context.WithTimeout(env.ctx, timeout)
+			defer cancel()
+			return clusterStatus(ctx, env, etcd, asJSON)
+		case args[0] == "remove-node" && len(args) == 2:
+			return removeNode(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout}, args[1], wait)
+		case args[0] == "abort-change" && len(args) == 1:
+			if epoch <= 1 {
+				return usageError(env, c.name, "abort-change needs --epoch, the epoch of the change in progress (see flux cluster status)")
+			}
+			return abortChange(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout}, epoch)
+		}
+		return usageError(env, c.name, "want: flux cluster status | remove-node ID | abort-change --epoch N")
 	}
 	return c
 }
@@ -62,6 +83,32 @@ type memberStatus struct {
 	Version      string `json:"version,omitempty"`
 	StartedAt    string `json:"started_at,omitempty"`
 	Keys         *int64 `json:"keys,omitempty"`
+	// Handoffs are the copies the node receives while the ring changes.
+	Handoffs []handoffStatus `json:"handoffs,omitempty"`
+}
+
+type handoffStatus struct {
+	Source     string `json:"source"`
+	State      string `json:"state"`
+	KeysCopied int64  `json:"keys_copied"`
+	Lag        int64  `json:"lag_revisions"`
+	Attempts   int32  `json:"attempts"`
+	LastError  string `json:"last_error,omitempty"`
+}
+
+// changeStatus is the membership change in progress.
+type changeStatus struct {
+	Epoch   int64    `json:"epoch"`
+	Members []string `json:"members"`
+	Add     string   `json:"add,omitempty"`
+	Remove  string   `json:"remove,omitempty"`
+}
+
+func (c *changeStatus) describe() string {
+	if c.Add != "" {
+		return "adding " + c.Add
+	}
+	return "removing " + c.Remove
 }
 
 func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool) int {
@@ -85,6 +132,15 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 	// one that hangs costs the command that long and hides nothing else.
 	var wg sync.WaitGroup
 	ids := snap.RingMembers()
+	if snap.Next != nil {
+		// A node joining is not on the ring yet; it reports the copies.
+		for _, id := range snap.Next.Members {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+	}
 	members := make([]memberStatus, len(ids))
 	down := 0
 	for i, id := range ids {
@@ -101,23 +157,41 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 			if stats, err := nodeStats(ctx, httpc, inst.Address); err == nil {
 				n := stats.GetKeyCount()
 				m.Keys = &n
+				for _, h := range stats.GetHandoffs() {
+					m.Handoffs = append(m.Handoffs, handoffStatus{
+						Source: h.GetSource(), State: strings.TrimPrefix(h.GetState().String(), "HANDOFF_STATE_"),
+						KeysCopied: h.GetKeysCopied(), Lag: h.GetLagRevisions(), Attempts: h.GetAttempts(), LastError: h.GetLastError(),
+					})
+				}
 			}
 		})
 	}
 	gateways := gatewayStatuses(ctx, &wg, snap)
 	wg.Wait()
+	var change *changeStatus
+	if snap.Next != nil {
+		change = &changeStatus{Epoch: snap.Next.Epoch, Members: snap.Next.Members}
+		if snap.Next.Change != nil {
+			change.Add, change.Remove = snap.Next.Change.Add, snap.Next.Change.Remove
+		}
+	}
 	if asJSON {
 		printJSON(env, struct {
 			Epoch    int64           `json:"epoch"` // 0: the cluster has no ring record yet
+			Change   *changeStatus   `json:"change,omitempty"`
 			Members  []memberStatus  `json:"members"`
 			Gateways []gatewayStatus `json:"gateways"`
-		}{snap.Epoch(), members, gateways})
+		}{snap.Epoch(), change, members, gateways})
 	} else {
 		if snap.Current != nil {
-			fmt.Fprintf(env.stdout, "ring epoch %d\n\n", snap.Epoch())
+			fmt.Fprintf(env.stdout, "ring epoch %d\n", snap.Epoch())
 		} else {
-			fmt.Fprint(env.stdout, "ring epoch - (no ring record yet: routed by /flux/members/)\n\n")
+			fmt.Fprint(env.stdout, "ring epoch - (no ring record yet: routed by /flux/members/)\n")
 		}
+		if change != nil {
+			fmt.Fprintf(env.stdout, "change in progress: %s, to epoch %d (members %s)\n", change.describe(), change.Epoch, strings.Join(change.Members, ", "))
+		}
+		fmt.Fprintln(env.stdout)
 		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tLIVE\tADDRESS\tADMIN\tKEYS\tVERSION\tSTARTED")
 		for _, m := range members {
@@ -131,6 +205,17 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, live, dash(m.Address), dash(m.AdminAddress), keys, dash(m.Version), dash(m.StartedAt))
 		}
 		tw.Flush()
+		if change != nil {
+			fmt.Fprintln(env.stdout)
+			tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TARGET\tSOURCE\tSTATE\tCOPIED\tLAG\tATTEMPTS\tLAST ERROR")
+			for _, m := range members {
+				for _, h := range m.Handoffs {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%s\n", m.ID, h.Source, h.State, h.KeysCopied, h.Lag, h.Attempts, dash(h.LastError))
+				}
+			}
+			tw.Flush()
+		}
 		if len(gateways) > 0 {
 			fmt.Fprintln(env.stdout)
 			tw = tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)

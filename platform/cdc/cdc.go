@@ -67,6 +67,10 @@ type Event struct {
 	Key      string
 	Time     time.Time // commit time
 	Data     []byte    // the flux.cdc.v1.ChangeEvent protobuf encoding, published as is
+	// Internal marks a record the node never publishes (keys moving between
+	// nodes): the relay passes over it, and its checkpoint moves past it
+	// with the events around it.
+	Internal bool
 }
 
 // Source is the node's log as the relay reads it. Its methods may be called

@@ -240,6 +240,18 @@ func (r *Relay) session() (connected, progress bool, err error) {
 	for {
 		for !stopping && len(queue) > 0 && len(pending) < r.cfg.Window {
 			ev := queue[0]
+			if ev.Internal {
+				// Nothing to publish: the event is confirmed with the one
+				// before it, or at once when none is waiting.
+				queue = queue[1:]
+				if len(pending) > 0 {
+					pending[len(pending)-1].rev = ev.Revision
+				} else {
+					r.confirmed.Store(ev.Revision)
+					progress = true
+				}
+				continue
+			}
 			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, r.cfg.Exchange, OpName(ev.Op)+"."+r.cfg.NodeID,
 				true, false, r.message(ev))
 			if err != nil {

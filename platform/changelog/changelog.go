@@ -126,6 +126,7 @@ type Log struct {
 	lastBase   int64         // total after the last rewrite (or at start), for the growth trigger
 	eb         eventBuf      // guarded by mu
 	tail       *Tail         // recent events, for readers
+	stamp      Stamp         // set before the store changes; nil stamps nothing
 
 	kickc    chan struct{}
 	rotatec  chan chan rotation
@@ -396,7 +397,7 @@ func (l *Log) Append(c store.Change) {
 	if l.bufLast <= l.durable() {
 		l.progress = time.Now()
 	}
-	ev := l.eb.fill(l.nodeID, c)
+	ev := l.eb.fill(l.nodeID, c, l.stamp)
 	start := len(l.buf)
 	buf, err := appendFrame(l.buf, func(b []byte) ([]byte, error) {
 		return proto.MarshalOptions{}.MarshalAppend(b, ev)
@@ -407,7 +408,7 @@ func (l *Log) Append(c store.Change) {
 	}
 	// The tail gets its own copy: the buffer is reused once written.
 	l.tail.push(Event{
-		Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime,
+		Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime, Internal: ev.Internal,
 		Data: append([]byte(nil), buf[start+frameSize:]...),
 	})
 	l.buf, l.bufLast = buf, c.Revision
@@ -417,6 +418,16 @@ func (l *Log) Append(c store.Change) {
 	default:
 	}
 }
+
+// Stamp returns, for a change to key about to be recorded, the ring epoch
+// the node routes by and whether the record is internal (never published:
+// ChangeEvent.internal). It is called with the store's commit lock held, so
+// it must be fast and must not call the store.
+type Stamp func(key string) (epoch int64, internal bool)
+
+// SetStamp sets what the log stamps each record with; call it before the
+// store changes.
+func (l *Log) SetStamp(fn Stamp) { l.stamp = fn }
 
 // eventBuf encodes changes as ChangeEvents, reusing one message and its
 // timestamps, so encoding allocates nothing but the output.
@@ -428,8 +439,11 @@ type eventBuf struct {
 
 // fill sets the event from c and returns it; it is valid until the next
 // call.
-func (b *eventBuf) fill(nodeID string, c store.Change) *cdcv1.ChangeEvent {
+func (b *eventBuf) fill(nodeID string, c store.Change, stamp Stamp) *cdcv1.ChangeEvent {
 	b.ev = cdcv1.ChangeEvent{NodeId: nodeID, Revision: c.Revision, Op: opOf(c.Op), Key: c.Key, Value: c.Value}
+	if stamp != nil {
+		b.ev.Epoch, b.ev.Internal = stamp(c.Key)
+	}
 	if !c.CommitTime.IsZero() {
 		b.commitTS = timestamppb.Timestamp{Seconds: c.CommitTime.Unix(), Nanos: int32(c.CommitTime.Nanosecond())}
 		b.ev.CommitTime = &b.commitTS

@@ -22,6 +22,7 @@ const (
 	fieldPreviousValue = 6
 	fieldCommitTime    = 7
 	fieldExpireTime    = 8
+	fieldInternal      = 10
 
 	fieldSeconds = 1
 	fieldNanos   = 2
@@ -36,47 +37,60 @@ var errMalformed = errors.New("malformed record")
 // fields it reads (TestDecodeChangeMatchesProto holds it to that) and skips
 // unknown fields, so newer writers can add some.
 func decodeChange(b []byte) (store.Change, error) {
-	var c store.Change
+	c, _, err := decodeRecord(b)
+	return c, err
+}
+
+// decodeRecord is decodeChange that also reports whether the record is
+// internal (ChangeEvent.internal), which readers of the log need and
+// replay does not.
+func decodeRecord(b []byte) (c store.Change, internal bool, err error) {
 	var op cdcv1.Op
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return c, errMalformed
+			return c, false, errMalformed
 		}
 		b = b[n:]
 		switch {
 		case num == fieldRevision && typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			c.Revision, b = int64(v), b[n:]
 		case num == fieldOp && typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			op, b = cdcv1.Op(int32(v)), b[n:]
 		case num == fieldKey && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			c.Key, b = string(v), b[n:]
 		case num == fieldValue && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			c.Value, b = append([]byte{}, v...), b[n:]
+		case num == fieldInternal && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			if n < 0 {
+				return c, false, errMalformed
+			}
+			internal, b = v != 0, b[n:]
 		case (num == fieldCommitTime || num == fieldExpireTime) && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			t, err := decodeTimestamp(v)
 			if err != nil {
-				return c, err
+				return c, false, err
 			}
 			if num == fieldCommitTime {
 				c.CommitTime = t
@@ -87,7 +101,7 @@ func decodeChange(b []byte) (store.Change, error) {
 		default:
 			n := protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {
-				return c, errMalformed
+				return c, false, errMalformed
 			}
 			b = b[n:]
 		}
@@ -100,12 +114,12 @@ func decodeChange(b []byte) (store.Change, error) {
 	case cdcv1.Op_OP_EXPIRE:
 		c.Op = store.OpExpire
 	default:
-		return c, fmt.Errorf("record with op %v", op)
+		return c, false, fmt.Errorf("record with op %v", op)
 	}
 	if c.Revision < 1 {
-		return c, fmt.Errorf("record with revision %d", c.Revision)
+		return c, false, fmt.Errorf("record with revision %d", c.Revision)
 	}
-	return c, nil
+	return c, internal, nil
 }
 
 func decodeTimestamp(b []byte) (time.Time, error) {

@@ -19,6 +19,10 @@ type Event struct {
 	Op       cdcv1.Op
 	Key      string
 	Time     time.Time // commit time
+	// Internal is set for a record never published (ChangeEvent.internal):
+	// Watch and the CDC relay skip it; a copy of keys to another node does
+	// not.
+	Internal bool
 	// Data is the record: the flux.cdc.v1.ChangeEvent in protobuf binary.
 	// It is shared between readers, which must not modify it.
 	Data []byte
@@ -76,8 +80,13 @@ type Tail struct {
 	advancec chan struct{} // closed and replaced when durable advances or the tail closes
 	readers  map[*Reader]struct{}
 
-	eb eventBuf // guarded by mu
+	eb    eventBuf // guarded by mu
+	stamp Stamp    // standalone tails only; set before the first Append
 }
+
+// SetStamp sets what a standalone tail stamps each event with; call it
+// before the store it records changes.
+func (t *Tail) SetStamp(fn Stamp) { t.stamp = fn }
 
 // NewTail returns a standalone tail for a node that keeps no append-only
 // file, holding up to maxEvents events and maxBytes bytes (0 means the
@@ -107,7 +116,7 @@ func newTail(nodeID string, maxEvents, maxBytes int) *Tail {
 func (t *Tail) Append(c store.Change) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	ev := t.eb.fill(t.nodeID, c)
+	ev := t.eb.fill(t.nodeID, c, t.stamp)
 	data, err := proto.MarshalOptions{}.Marshal(ev)
 	if err != nil {
 		// A ChangeEvent always marshals; drop the tail rather than leave a
@@ -115,7 +124,7 @@ func (t *Tail) Append(c store.Change) {
 		t.resetLocked(c.Revision)
 		return
 	}
-	t.pushLocked(Event{Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime, Data: data})
+	t.pushLocked(Event{Revision: c.Revision, Op: ev.Op, Key: c.Key, Time: c.CommitTime, Internal: ev.Internal, Data: data})
 	t.advanceLocked(c.Revision)
 }
 
@@ -373,7 +382,7 @@ func (r *Reader) readSegments(maxN int, durable int64) ([]Event, error) {
 			}
 			continue
 		}
-		c, err := decodeChange(payload)
+		c, internal, err := decodeRecord(payload)
 		if err != nil {
 			return out, &CorruptError{File: r.seg.path, Offset: r.seg.off, Reason: err.Error()}
 		}
@@ -391,7 +400,7 @@ func (r *Reader) readSegments(maxN int, durable int64) ([]Event, error) {
 		case c.Revision != pos+1:
 			return out, fmt.Errorf("%s: revision %d follows %d: the log has a gap", r.seg.path, c.Revision, pos)
 		}
-		out = append(out, Event{Revision: c.Revision, Op: opOf(c.Op), Key: c.Key, Time: c.CommitTime, Data: append([]byte(nil), payload...)})
+		out = append(out, Event{Revision: c.Revision, Op: opOf(c.Op), Key: c.Key, Time: c.CommitTime, Internal: internal, Data: append([]byte(nil), payload...)})
 	}
 	return out, nil
 }

@@ -3,6 +3,8 @@ package coord
 import (
 	"errors"
 	"net"
+	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -16,8 +18,9 @@ const ErrorDomain = "fluxkv.dev"
 // reason of an ErrorInfo detail, so a client knows the request had no
 // effect and may safely send it again, even a write.
 const (
-	// ReasonNotOwner: a forwarded request reached a node whose ring says
-	// another node owns the key (membership is changing).
+	// ReasonNotOwner: the request reached a node whose ring says another
+	// node owns the key (membership is changing). The ErrorInfo's metadata
+	// may name the "owner" and the ring's "epoch".
 	ReasonNotOwner = "NOT_OWNER"
 	// ReasonOwnerNotLive: the key's owner is a member that is not live.
 	ReasonOwnerNotLive = "OWNER_NOT_LIVE"
@@ -27,6 +30,10 @@ const (
 	// ReasonNotReady: the node cannot take the write yet: etcd could not
 	// record that the cluster holds data, or the members changed under it.
 	ReasonNotReady = "NOT_READY"
+	// ReasonMoving: the key is moving to another node as the ring changes,
+	// and its owner takes no writes to it until the move is done (a pause of
+	// about an etcd transaction). Retry after a short wait.
+	ReasonMoving = "MOVING"
 )
 
 // NotExecuted returns an Unavailable error carrying an ErrorInfo with reason
@@ -55,7 +62,7 @@ func WasNotExecuted(err error) bool {
 		return true
 	}
 	switch Reason(err) {
-	case ReasonNotOwner, ReasonOwnerNotLive, ReasonOwnerUnreachable, ReasonNotReady:
+	case ReasonNotOwner, ReasonOwnerNotLive, ReasonOwnerUnreachable, ReasonNotReady, ReasonMoving:
 		return true
 	}
 	return false
@@ -78,4 +85,38 @@ func Reason(err error) string {
 		}
 	}
 	return ""
+}
+
+// Epoch returns the ring epoch a NOT_OWNER refusal names (the epoch of the
+// ring the refusing node routed by), or 0 if it names none.
+func Epoch(err error) int64 {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		return 0
+	}
+	for _, d := range cerr.Details() {
+		v, derr := d.Value()
+		if derr != nil {
+			continue
+		}
+		if info, ok := v.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			epoch, _ := strconv.ParseInt(info.GetMetadata()["epoch"], 10, 64)
+			return epoch
+		}
+	}
+	return 0
+}
+
+// RerouteBudget bounds how long a client or the gateway keeps sending a
+// request again while its key moves between nodes (refusals with MOVING or
+// NOT_OWNER). A move normally pauses a key for one etcd transaction; a
+// target that dies holds it for its lease's TTL (10 s) at most.
+const RerouteBudget = 15 * time.Second
+
+// MovingBackoff is the pause before the attempt-th retry (from 0) of a
+// request refused with MOVING: short at first, as a freeze usually ends
+// within milliseconds, and at most 200 ms.
+func MovingBackoff(attempt int) time.Duration {
+	d := 10 * time.Millisecond << min(attempt, 5)
+	return min(d, 200*time.Millisecond)
 }

@@ -41,8 +41,8 @@ const (
 	// every change is built on the one before it.
 	RingCurrentKey = Prefix + "ring/current"
 	// RingNextKey holds the ring a change in progress leads to, with the
-	// change. Nothing writes it yet: moving keys between rings is still to
-	// be built (docs/design/elastic-cluster.md).
+	// change (docs/design/elastic-cluster.md): BeginAdd and BeginRemove
+	// write it, Flip and AbortChange delete it.
 	RingNextKey = Prefix + "ring/next"
 )
 

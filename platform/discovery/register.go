@@ -179,7 +179,10 @@ func AddMember(ctx context.Context, client *clientv3.Client, id string, allowDat
 		if err != nil {
 			return false, fmt.Errorf("record member %s: %w", id, err)
 		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0), st.unchanged()}
+		cmps := []clientv3.Cmp{
+			clientv3.Compare(clientv3.CreateRevision(key), "=", 0), st.unchanged(),
+			clientv3.Compare(clientv3.CreateRevision(RingNextKey), "=", 0),
+		}
 		if !allowData {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(DataKey), "=", 0))
 		}
@@ -196,7 +199,7 @@ func AddMember(ctx context.Context, client *clientv3.Client, id string, allowDat
 		resp, err := client.Txn(ctx).
 			If(cmps...).
 			Then(ops...).
-			Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(DataKey, clientv3.WithCountOnly())).
+			Else(clientv3.OpGet(key, clientv3.WithCountOnly()), clientv3.OpGet(DataKey, clientv3.WithCountOnly()), clientv3.OpGet(RingNextKey)).
 			Commit()
 		if err != nil {
 			return false, fmt.Errorf("record member %s: %w", id, err)
@@ -208,6 +211,12 @@ func AddMember(ctx context.Context, client *clientv3.Client, id string, allowDat
 			return false, nil // already a member
 		case !allowData && resp.Responses[1].GetResponseRange().GetCount() > 0:
 			return false, ErrHoldsData
+		case len(resp.Responses[2].GetResponseRange().GetKvs()) == 1:
+			next, err := parseRingRecord(resp.Responses[2].GetResponseRange().GetKvs()[0].Value)
+			if err != nil {
+				return false, fmt.Errorf("ring record %s: %w", RingNextKey, err)
+			}
+			return false, &ChangeInProgressError{Next: *next}
 		}
 		// The ring changed since it was read: read it again.
 	}

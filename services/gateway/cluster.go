@@ -16,6 +16,7 @@ import (
 	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcpolicy"
 )
 
@@ -59,10 +60,22 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the gateway has not read the cluster's state from etcd yet"))
 	}
 	states := g.breakers.States()
-	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData}
+	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData, Epoch: snap.Epoch()}
+	ids := snap.RingMembers()
+	if snap.Next != nil {
+		resp.Change = ringChange(snap.Next)
+		// A node joining is not on the ring yet, but its stats show the
+		// copies it receives.
+		for _, id := range snap.Next.Members {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+	}
 	live := snap.Instances[kvv1connect.KVServiceName]
 	var wg sync.WaitGroup
-	for _, id := range snap.RingMembers() {
+	for _, id := range ids {
 		m := &clusterv1.Member{Id: id, JoinedAt: timestamp(snap.Members[id].JoinedAt)}
 		resp.Members = append(resp.Members, m)
 		inst, ok := live[id]
@@ -172,4 +185,46 @@ func timestamp(t time.Time) *timestamppb.Timestamp {
 		return nil
 	}
 	return timestamppb.New(t)
+}
+
+func ringChange(next *discovery.RingRecord) *clusterv1.RingChange {
+	rc := &clusterv1.RingChange{Epoch: next.Epoch, Members: next.Members}
+	if next.Change != nil {
+		rc.Add, rc.Remove = next.Change.Add, next.Change.Remove
+	}
+	return rc
+}
+
+// RemoveNode records the change that moves a member out of the cluster.
+func (s *clusterService) RemoveNode(ctx context.Context, req *connect.Request[clusterv1.RemoveNodeRequest]) (*connect.Response[clusterv1.RemoveNodeResponse], error) {
+	next, err := discovery.BeginRemove(ctx, s.g.etcd, req.Msg.GetNodeId())
+	if err != nil {
+		return nil, changeError(err)
+	}
+	s.g.cfg.Logger.Info("membership change recorded", slog.String("remove", req.Msg.GetNodeId()), slog.Int64("epoch", next.Epoch))
+	return connect.NewResponse(&clusterv1.RemoveNodeResponse{Change: ringChange(next)}), nil
+}
+
+// AbortChange abandons the membership change in progress.
+func (s *clusterService) AbortChange(ctx context.Context, req *connect.Request[clusterv1.AbortChangeRequest]) (*connect.Response[clusterv1.AbortChangeResponse], error) {
+	if err := discovery.AbortChange(ctx, s.g.etcd, req.Msg.GetEpoch()); err != nil {
+		return nil, changeError(err)
+	}
+	s.g.cfg.Logger.Info("membership change aborted", slog.Int64("epoch", req.Msg.GetEpoch()))
+	return connect.NewResponse(&clusterv1.AbortChangeResponse{}), nil
+}
+
+// changeError maps the errors of membership changes to codes.
+func changeError(err error) error {
+	var inProgress *discovery.ChangeInProgressError
+	switch {
+	case errors.Is(err, discovery.ErrNotMember):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.As(err, &inProgress), errors.Is(err, discovery.ErrLastMember), errors.Is(err, discovery.ErrNoChange),
+		errors.Is(err, discovery.ErrOtherChange), errors.Is(err, discovery.ErrChangeMissed):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	case errors.Is(err, discovery.ErrRingBusy):
+		return connect.NewError(connect.CodeAborted, err)
+	}
+	return connect.NewError(connect.CodeUnavailable, err)
 }

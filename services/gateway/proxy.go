@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -189,6 +190,8 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 	var (
 		tried   []string
 		lastErr error
+		start   = time.Now()
+		moves   int // refusals because the key was moving
 	)
 	for attempt := 0; ; attempt++ {
 		b, err := g.route(m, req.Msg, tried)
@@ -219,10 +222,45 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 			stripHopHeaders(resp.Trailer())
 			return resp, nil
 		}
+		if !b.roundRobin && g.awaitMove(ctx, err, moves, start) {
+			// The key is moving between nodes: the request had no effect,
+			// and the ring (or the owner's freeze) settles shortly.
+			moves++
+			attempt--
+			continue
+		}
 		if attempt > 0 || !m.retryable() || !b.roundRobin || connect.CodeOf(err) != connect.CodeUnavailable || ctx.Err() != nil {
 			return nil, forwardError(err)
 		}
 		lastErr = err
+	}
+}
+
+// awaitMove reports whether a shard-keyed call refused with err may be sent
+// again because its key is moving between nodes, after waiting for that:
+// MOVING (the owner takes writes to the key again shortly) or NOT_OWNER
+// (the gateway's ring or the node's is behind: wait for the gateway's to
+// reach the node's epoch, or give the node a moment). It gives up once
+// coord.RerouteBudget has passed since start.
+func (g *Gateway) awaitMove(ctx context.Context, err error, moves int, start time.Time) bool {
+	reason := coord.Reason(err)
+	if (reason != coord.ReasonMoving && reason != coord.ReasonNotOwner) || time.Since(start) > coord.RerouteBudget {
+		return false
+	}
+	snap, changed := g.watcher.Current()
+	wait := coord.MovingBackoff(moves)
+	if reason == coord.ReasonNotOwner && coord.Epoch(err) > snap.Epoch() {
+		wait = time.Second // for the gateway's ring, which the change wakes
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-changed:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

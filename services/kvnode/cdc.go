@@ -115,7 +115,7 @@ func (s *eventSource) Read(ctx context.Context, after int64, max int) ([]cdc.Eve
 	}
 	out := make([]cdc.Event, len(events))
 	for i, e := range events {
-		out[i] = cdc.Event{Revision: e.Revision, Op: e.Op, Key: e.Key, Time: e.Time, Data: e.Data}
+		out[i] = cdc.Event{Revision: e.Revision, Op: e.Op, Key: e.Key, Time: e.Time, Data: e.Data, Internal: e.Internal}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -63,6 +63,9 @@ type cluster struct {
 	mu    sync.Mutex
 	peers map[string]kvv1connect.KVServiceClient // by node id and address
 
+	// ringChanged gets a token whenever the view's rings change.
+	ringChanged chan struct{}
+
 	closeOnce sync.Once
 	stopc     chan struct{}
 	donec     chan struct{}
@@ -71,7 +74,8 @@ type cluster struct {
 // view is the ring, its epoch and the etcd revision it was built from.
 type view struct {
 	ring  *ring.Ring
-	epoch int64 // 0 while the cluster has no ring record (not migrated yet)
+	next  *ring.Ring // the ring a change in progress leads to; nil when none
+	epoch int64      // 0 while the cluster has no ring record (not migrated yet)
 	rev   int64
 }
 
@@ -107,6 +111,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 		logger:             cfg.Logger,
 		clientInterceptors: cfg.ClientInterceptors,
 		peers:              map[string]kvv1connect.KVServiceClient{},
+		ringChanged:        make(chan struct{}, 1),
 		stopc:              make(chan struct{}),
 		donec:              make(chan struct{}),
 	}
@@ -143,31 +148,56 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 	if migrated {
 		cfg.Logger.Info("recorded the cluster's ring at epoch 1 from its members", slog.String("node_id", cfg.NodeID))
 	}
-	added, err = discovery.AddMember(ctx, client, cfg.NodeID, cfg.AcceptKeyMovement)
-	if errors.Is(err, discovery.ErrHoldsData) {
-		return nil, fmt.Errorf("cannot add node %s to a cluster that holds data: keys would move to it without their values, "+
-			"and live rebalancing does not exist yet; pass --accept-key-movement to join anyway", c.self)
-	}
-	if err != nil {
+	// A node that is joining a cluster that holds data (this start or an
+	// earlier one) waits off the ring while the keys moving to it are
+	// copied; the ring flips to include it once it holds them.
+	joining := false
+	if next, err := discovery.ReadNext(ctx, client); err != nil {
 		return nil, err
+	} else if next != nil && next.Change != nil && next.Change.Add == c.self {
+		joining = true
+		cfg.Logger.Info("resuming the join: copying the keys that move to this node", slog.String("node_id", cfg.NodeID), slog.Int64("epoch", next.Epoch))
 	}
-	if added {
-		cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
+	if !joining {
+		added, err = discovery.AddMember(ctx, client, cfg.NodeID, cfg.AcceptKeyMovement)
+		switch {
+		case errors.Is(err, discovery.ErrHoldsData) && cfg.Join:
+			next, err := discovery.BeginAdd(ctx, client, cfg.NodeID)
+			if err != nil {
+				return nil, fmt.Errorf("join a cluster that holds data: %w", err)
+			}
+			joining = true
+			cfg.Logger.Info("joining a cluster that holds data: copying the keys that move to this node", slog.String("node_id", cfg.NodeID), slog.Int64("epoch", next.Epoch))
+		case errors.Is(err, discovery.ErrHoldsData):
+			return nil, fmt.Errorf("cannot add node %s to a cluster that holds data without moving keys to it: "+
+				"start it with --join to copy its keys while the cluster serves", c.self)
+		case err != nil:
+			return nil, err
+		case added:
+			cfg.Logger.Info("joined the cluster as a new member", slog.String("node_id", cfg.NodeID))
+		}
 	}
-	// The ring just written (by this node or another) may not be in the
-	// snapshot yet: wait for it, so the ring this node starts with includes
-	// itself, and markData below compares against a view no older than
-	// what this node wrote.
-	resp, err := client.Get(ctx, discovery.RingCurrentKey)
+	// The ring records just written (by this node or another) may not be
+	// in the snapshot yet: wait for them, so the view this node starts with
+	// includes itself (or the change that adds it), and markData below
+	// compares against a view no older than what this node wrote.
+	resp, err := client.Get(ctx, discovery.Prefix+"ring/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("read the cluster's ring: %w", err)
 	}
-	var ringRev int64
-	if len(resp.Kvs) == 1 {
-		ringRev = resp.Kvs[0].ModRevision
+	ringRev := resp.Header.Revision
+	onRing := func(snap *discovery.Snapshot) bool {
+		if joining {
+			return snap.Next != nil && snap.Next.Change != nil && snap.Next.Change.Add == c.self
+		}
+		_, ok := snap.Members[c.self]
+		return ok
 	}
 	snap, changed := c.watcher.Current()
-	for _, ok := snap.Members[c.self]; !ok || snap.Revision < ringRev; _, ok = snap.Members[c.self] {
+	for !onRing(snap) || snap.Revision < ringRev {
+		if joining && slices.Contains(snap.RingMembers(), c.self) && snap.Revision >= ringRev {
+			break // the join finished meanwhile
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("waiting to see this node's membership in etcd: %w", ctx.Err())
@@ -175,7 +205,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 		}
 		snap, changed = c.watcher.Current()
 	}
-	if !slices.Contains(snap.RingMembers(), c.self) {
+	if !joining && !slices.Contains(snap.RingMembers(), c.self) {
 		return nil, fmt.Errorf("node %s is a member but not on the cluster's ring (epoch %d): it was added by hand or by an older version; "+
 			"remove it from /flux/members/ and start it again", c.self, snap.Epoch())
 	}
@@ -256,21 +286,47 @@ func (c *cluster) follow(changed <-chan struct{}) {
 
 func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 	ids, epoch := snap.RingMembers(), snap.Epoch()
-	if v := c.view.Load(); v != nil && slices.Equal(v.ring.Members(), ids) {
-		// Same ring, newer revision: a member removed and added again
+	old := c.view.Load()
+	r := (*ring.Ring)(nil)
+	if old != nil && slices.Equal(old.ring.Members(), ids) {
+		r = old.ring
+	} else {
+		var err error
+		if r, err = ring.New(ids); err != nil {
+			return err
+		}
+	}
+	var next *ring.Ring
+	if snap.Current != nil && snap.Next != nil {
+		if old != nil && old.next != nil && slices.Equal(old.next.Members(), snap.Next.Members) {
+			next = old.next
+		} else {
+			var err error
+			if next, err = ring.New(snap.Next.Members); err != nil {
+				return err
+			}
+		}
+	}
+	if old != nil && r == old.ring && next == old.next {
+		// Same rings, newer revision: a member removed and added again
 		// under its id must not leave markData comparing against the
 		// revision before that.
-		if snap.Revision > v.rev {
-			c.view.Store(&view{ring: v.ring, epoch: epoch, rev: snap.Revision})
+		if snap.Revision > old.rev {
+			c.view.Store(&view{ring: r, next: next, epoch: epoch, rev: snap.Revision})
 		}
 		return nil
 	}
-	r, err := ring.New(ids)
-	if err != nil {
-		return err
+	c.view.Store(&view{ring: r, next: next, epoch: epoch, rev: snap.Revision})
+	if next != nil {
+		c.logger.Info("ring updated", slog.Int64("epoch", epoch), slog.Any("members", ids),
+			slog.Int64("next_epoch", snap.Next.Epoch), slog.Any("next_members", snap.Next.Members))
+	} else {
+		c.logger.Info("ring updated", slog.Int64("epoch", epoch), slog.Any("members", ids))
 	}
-	c.view.Store(&view{ring: r, epoch: epoch, rev: snap.Revision})
-	c.logger.Info("ring updated", slog.Int64("epoch", epoch), slog.Any("members", ids))
+	select {
+	case c.ringChanged <- struct{}{}:
+	default:
+	}
 	return nil
 }
 

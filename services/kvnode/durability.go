@@ -44,6 +44,7 @@ func (n *Node) durability() durability {
 func (n *Node) openStore(registry prometheus.Registerer) error {
 	if !n.cfg.AppendOnly {
 		n.tail = changelog.NewTail(n.cfg.NodeID, 0, 0, 0)
+		n.tail.SetStamp(n.router.stamp)
 		n.events = n.tail
 		n.store = store.New(store.WithClock(n.cfg.Clock), store.WithChangeHook(n.tail.Append))
 		n.cfg.Logger.Warn("append-only file is off: data lives in memory only")
@@ -61,6 +62,7 @@ func (n *Node) openStore(registry prometheus.Registerer) error {
 	if err != nil {
 		return fmt.Errorf("open append-only file: %w", err)
 	}
+	log.SetStamp(n.router.stamp)
 	n.log = log
 	n.events = log
 	st = store.New(store.WithClock(n.cfg.Clock), store.WithChangeHook(log.Append))

@@ -78,7 +78,12 @@ func (h *handler) Put(ctx context.Context, req *connect.Request[kvv1.PutRequest]
 	if err := h.reserve(ctx, req.Msg.GetKey()); err != nil {
 		return nil, err
 	}
+	release, err := h.router.admit(req.Msg.GetKey())
+	if err != nil {
+		return nil, err
+	}
 	resp, err := h.put(req.Msg)
+	release()
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +107,12 @@ func (h *handler) Delete(ctx context.Context, req *connect.Request[kvv1.DeleteRe
 	if err := h.reserve(ctx, req.Msg.GetKey()); err != nil {
 		return nil, err
 	}
+	release, err := h.router.admit(req.Msg.GetKey())
+	if err != nil {
+		return nil, err
+	}
 	resp, err := h.delete(req.Msg)
+	release()
 	if err != nil {
 		return nil, err
 	}
@@ -140,7 +150,7 @@ func (h *handler) Batch(ctx context.Context, req *connect.Request[kvv1.BatchRequ
 			continue
 		}
 		var rev int64
-		results[i], rev = h.apply(op)
+		results[i], rev = h.applyAdmitted(op)
 		last = max(last, rev)
 	}
 	if err := h.dur.Wait(ctx, last); err != nil {
@@ -275,7 +285,7 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 				p.remote = make(chan *kvv1.OperationResult, 1)
 				remote.send(ctx, client, op, p.remote)
 			default:
-				p.resp.Result, p.rev = h.apply(op)
+				p.resp.Result, p.rev = h.applyAdmitted(op)
 			}
 			select {
 			case queue <- p:
@@ -311,6 +321,20 @@ func (h *handler) reserve(ctx context.Context, key string) error {
 		return refusedError(err)
 	}
 	return nil
+}
+
+// applyAdmitted runs op like apply once the router admits it: a write to a
+// key frozen for a move, or that this node no longer owns, fails alone.
+func (h *handler) applyAdmitted(op *kvv1.Operation) (*kvv1.OperationResult, int64) {
+	if op.GetGet() != nil || op == nil {
+		return h.apply(op)
+	}
+	release, err := h.router.admit(coord.OperationKey(op))
+	if err != nil {
+		return errorResult(err), 0
+	}
+	defer release()
+	return h.apply(op)
 }
 
 // apply validates and runs one Batch or Pipeline operation. Failures become

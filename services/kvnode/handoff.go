@@ -28,15 +28,16 @@ const copyEntryOverhead = 32
 // moving keys to another node while the ring changes. It reads this node's
 // store and change log only and never forwards a call.
 type handoffService struct {
-	self   string
-	store  *store.Store
-	events changelog.Events
-	router *router     // tells when the node starts leaving
-	limits watchConfig // a Copy stream buffers and cuts off slow targets like a Watch
+	self    string
+	metrics *handoffMetrics
+	store   *store.Store
+	events  changelog.Events
+	router  *router     // tells when the node starts leaving
+	limits  watchConfig // a Copy stream buffers and cuts off slow targets like a Watch
 }
 
 func newHandoffService(n *Node) clusterv1connect.HandoffServiceHandler {
-	return &handoffService{self: n.cfg.NodeID, store: n.store, events: n.events, router: n.router, limits: defaultWatchConfig()}
+	return &handoffService{self: n.cfg.NodeID, metrics: n.handoffMetrics, store: n.store, events: n.events, router: n.router, limits: defaultWatchConfig()}
 }
 
 // Copy streams the keys moving from this node to the request's target. See
@@ -77,7 +78,7 @@ func (s *handoffService) copy(ctx context.Context, msg *clusterv1.CopyRequest, s
 	items := make(chan *clusterv1.CopyResponse, s.limits.buffer)
 	errc := make(chan error, 1)
 	wg.Go(func() { errc <- s.produce(ctx, r, from, moving, src, items) })
-	sender := &copySender{progress: s.limits.progress, send: send, src: src}
+	sender := &copySender{progress: s.limits.progress, send: send, src: src, head: s.store.Revision}
 	return copyError(s.self, sender.run(ctx, items, errc))
 }
 
@@ -133,7 +134,9 @@ func (s *handoffService) produce(ctx context.Context, r *changelog.Reader, from 
 			Changes: &clusterv1.CopyChanges{Events: events, Revision: through},
 		}}
 	}
-	return readMatching(ctx, r, moving, func(events []*cdcv1.ChangeEvent, through int64) error {
+	// Internal records count: a key this node received in an earlier move
+	// is as much its as any other.
+	return readMatching(ctx, r, func(e changelog.Event) bool { return moving(e.Key) }, func(events []*cdcv1.ChangeEvent, through int64) error {
 		switch {
 		case len(events) > 0:
 			if err := queue(changes(events, through)); err != nil {
@@ -204,8 +207,9 @@ type copySender struct {
 	progress time.Duration
 	send     func(*clusterv1.CopyResponse) error
 	src      *localSource
-	snapshot bool  // SnapshotDone has been sent
-	sent     int64 // the revision the stream last reported
+	head     func() int64 // the source's last revision, for the target's lag
+	snapshot bool         // SnapshotDone has been sent
+	sent     int64        // the revision the stream last reported
 }
 
 // run sends until the producer fails or ctx ends; when ctx has ended, its
@@ -253,6 +257,7 @@ func (s *copySender) deliver(resp *clusterv1.CopyResponse) error {
 			return nil // a progress report the idle one already overtook
 		}
 		s.sent = max(s.sent, rev)
+		item.Changes.SourceRevision = s.head()
 	}
 	return s.send(resp)
 }
@@ -269,7 +274,7 @@ func (s *copySender) report() error {
 		return nil
 	}
 	s.sent = covered
-	return s.send(&clusterv1.CopyResponse{Item: &clusterv1.CopyResponse_Changes{Changes: &clusterv1.CopyChanges{Revision: covered}}})
+	return s.send(&clusterv1.CopyResponse{Item: &clusterv1.CopyResponse_Changes{Changes: &clusterv1.CopyChanges{Revision: covered, SourceRevision: s.head()}}})
 }
 
 // copyError maps the errors that end a Copy stream. The target's answer to

@@ -36,7 +36,17 @@ type applier struct {
 	done    bool         // SnapshotDone has been applied
 	last    int64        // revision of the last change applied
 	reached atomic.Int64 // see revision
+	// caughtUp is set once the source reported progress with no change
+	// queued behind it: the target was as far as the source then.
+	caughtUp atomic.Bool
+	copied   atomic.Int64 // entries and changes applied
+	head     atomic.Int64 // the source's revision as of its last message
+	onApply  func()       // called for every item applied; may be nil
 }
+
+// lag is how many of the source's revisions, as of its last message, the
+// applier has not reached.
+func (a *applier) lag() int64 { return max(a.head.Load()-a.reached.Load(), 0) }
 
 // newApplier returns an applier writing to st, whose clock is now.
 func newApplier(st *store.Store, now func() time.Time) *applier {
@@ -99,6 +109,10 @@ func (a *applier) apply(msg *clusterv1.CopyResponse) error {
 			a.last = ev.GetRevision()
 		}
 		a.reached.Store(max(a.last, item.Changes.GetRevision(), a.reached.Load()))
+		a.head.Store(max(a.head.Load(), item.Changes.GetSourceRevision()))
+		if len(item.Changes.GetEvents()) == 0 {
+			a.caughtUp.Store(true)
+		}
 	default:
 		return errors.New("copy stream: empty response")
 	}
@@ -128,6 +142,7 @@ func (a *applier) put(key string, value []byte, rev int64, expire time.Time) err
 		return nil
 	}
 	a.applied[key] = rev
+	a.counted()
 	if !expire.IsZero() && !expire.After(a.now()) {
 		return a.delete(key)
 	}
@@ -143,7 +158,15 @@ func (a *applier) remove(key string, rev int64) error {
 		return nil
 	}
 	a.applied[key] = rev
+	a.counted()
 	return a.delete(key)
+}
+
+func (a *applier) counted() {
+	a.copied.Add(1)
+	if a.onApply != nil {
+		a.onApply()
+	}
 }
 
 func (a *applier) delete(key string) error {

@@ -88,8 +88,13 @@ type Config struct {
 
 	Etcd     []string      // etcd endpoints of the cluster to join; empty runs a standalone node
 	LeaseTTL time.Duration // how long the node stays live in etcd after it stops renewing (default 5s)
-	// AcceptKeyMovement lets a new member join a cluster that holds data,
-	// accepting that the keys it takes over stay behind on their old owners.
+	// Join lets a new member join a cluster that holds data: the keys that
+	// move to it are copied from their owners while the cluster serves, and
+	// the ring flips to include it once it holds them.
+	Join bool
+	// AcceptKeyMovement lets a new member join a cluster that holds data at
+	// once, without copying: the keys it takes over are lost (their old
+	// owners drop them). For tests and disposable data; prefer Join.
 	AcceptKeyMovement bool
 
 	AMQPURL      string        // RabbitMQ URL the CDC relay publishes to; empty turns CDC off
@@ -170,9 +175,13 @@ type Node struct {
 	relaySrc *eventSource
 	registry *prometheus.Registry
 	router   *router // shared with the handler; joined to a cluster by Start
-	health   *grpchealth.StaticChecker
-	api      *rpcserver.Server
-	admin    *rpcserver.Server
+	// mover copies keys moving to this node and drops those moving away.
+	mover          *mover
+	moverDone      chan struct{}
+	handoffMetrics *handoffMetrics
+	health         *grpchealth.StaticChecker
+	api            *rpcserver.Server
+	admin          *rpcserver.Server
 
 	errc         chan error // serve errors from either listener
 	apiServing   atomic.Bool
@@ -193,7 +202,7 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	n := &Node{
 		cfg:    cfg,
-		router: &router{self: cfg.NodeID},
+		router: &router{self: cfg.NodeID, log: cfg.Logger},
 		errc:   make(chan error, 2),
 		donec:  make(chan struct{}),
 	}
@@ -208,9 +217,11 @@ func New(cfg Config) (_ *Node, err error) {
 		registry = prometheus.NewRegistry()
 	}
 	n.registry = registry
+	n.handoffMetrics = newHandoffMetrics(registry)
 	if err := n.openStore(registry); err != nil {
 		return nil, err
 	}
+	n.mover = newMover(n)
 	if err := n.newRelay(); err != nil {
 		return nil, fmt.Errorf("cdc relay: %w", err)
 	}
@@ -223,6 +234,16 @@ func New(cfg Config) (_ *Node, err error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "flux_store_revision", Help: "Last revision the node assigned.",
 		}, func() float64 { return float64(n.store.Revision()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "flux_handoff_lag_revisions",
+			Help: "Revisions of its sources that this node has yet to apply while keys move to it, summed over the sources, as of their last reports.",
+		}, func() float64 {
+			var lag int64
+			for _, h := range n.mover.handoffs() {
+				lag += h.GetLagRevisions()
+			}
+			return float64(lag)
+		}),
 	)
 	rpcMetrics, err := telemetry.NewRPCMetrics(registry)
 	if err != nil {
@@ -327,6 +348,11 @@ func (n *Node) Start(ctx context.Context) error {
 			return fmt.Errorf("join cluster: %w", err)
 		}
 		n.router.join(c)
+		n.moverDone = make(chan struct{})
+		go func() {
+			defer close(n.moverDone)
+			n.mover.run(c)
+		}()
 	}
 	n.serve(n.api)
 	n.apiServing.Store(true)
@@ -395,6 +421,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		}
 		if err := n.router.leave(); err != nil {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
+		}
+		if n.moverDone != nil {
+			<-n.moverDone
 		}
 		// The admin port goes last so /healthz and /metrics stay readable while
 		// calls drain.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -21,13 +22,32 @@ import (
 // Batch and Scan across owners, so any node answers any request.
 type router struct {
 	self    string
+	log     *slog.Logger
 	cluster atomic.Pointer[cluster]
+	// freezes are this node's promises, as a source of keys moving, not to
+	// write them (see admit).
+	freezes freezes
 
 	drainMu sync.Mutex
 	drainc  chan struct{} // closed when the node starts leaving; made on first use
 }
 
 func (r *router) join(c *cluster) { r.cluster.Store(c) }
+
+func (r *router) logger() *slog.Logger { return r.log }
+
+// stamp is the change log's Stamp: the epoch of the ring the node routes
+// by, and whether the change is to a key the node does not own by it (a
+// copy applied while keys move here, a key dropped after it moved away, or
+// the expiry of either), which is recorded but never published.
+func (r *router) stamp(key string) (int64, bool) {
+	c := r.cluster.Load()
+	if c == nil {
+		return 0, false
+	}
+	v := c.view.Load()
+	return v.epoch, v.ring.Owner(key) != r.self
+}
 
 // deregister makes the node not live in etcd while it keeps routing: calls
 // in flight, and those that arrive before everyone has noticed, still reach
@@ -261,7 +281,7 @@ func (h *handler) coordinateBatch(ctx context.Context, c *cluster, ops []*kvv1.O
 			continue
 		}
 		var rev int64
-		results[i], rev = h.apply(ops[i])
+		results[i], rev = h.applyAdmitted(ops[i])
 		applied[i] = rev > 0
 		last = max(last, rev)
 	}

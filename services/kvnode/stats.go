@@ -19,8 +19,8 @@ func (s nodeService) Stats(context.Context, *connect.Request[clusterv1.StatsRequ
 	return connect.NewResponse(&clusterv1.StatsResponse{Stats: s.n.Stats()}), nil
 }
 
-// Stats returns what the node holds now: keys, revisions and the size of
-// its append-only file.
+// Stats returns what the node holds now: keys, revisions, the size of its
+// append-only file, its ring's epoch and the keys moving to it.
 func (n *Node) Stats() *clusterv1.NodeStats {
 	stats := &clusterv1.NodeStats{
 		NodeId:         n.cfg.NodeID,
@@ -32,5 +32,9 @@ func (n *Node) Stats() *clusterv1.NodeStats {
 	if n.log != nil {
 		stats.LogBytes = n.log.Size()
 	}
+	if c := n.router.cluster.Load(); c != nil {
+		stats.Epoch = c.view.Load().epoch
+	}
+	stats.Handoffs = n.mover.handoffs()
 	return stats
 }

@@ -233,7 +233,10 @@ func (h *handler) readLocal(ctx context.Context, r *changelog.Reader, match func
 		src.queued.Add(1)
 		return offer(ctx, out, watchItem{node: src.node, events: events, through: through, local: src}, h.watch.slow)
 	}
-	return readMatching(ctx, r, match, func(events []*cdcv1.ChangeEvent, through int64) error {
+	// Internal records (keys moving between nodes) are not changes anyone
+	// made: a watch never sees them.
+	published := func(e changelog.Event) bool { return !e.Internal && match(e.Key) }
+	return readMatching(ctx, r, published, func(events []*cdcv1.ChangeEvent, through int64) error {
 		if len(events) > 0 {
 			if err := queue(events, through); err != nil {
 				return err
@@ -245,12 +248,12 @@ func (h *handler) readLocal(ctx context.Context, r *changelog.Reader, match func
 }
 
 // readMatching reads r until ctx ends or reading fails, and hands emit the
-// decoded changes whose key matches, in revision order, with the revision
+// decoded changes that match, in revision order, with the revision
 // through which the log has been read. A batch of matching changes is cut
 // at watchResponseBytes (emitted with the revision of its last change);
 // emit is called once for every batch read, with what matched of it, even
 // nothing.
-func readMatching(ctx context.Context, r *changelog.Reader, match func(string) bool, emit func(events []*cdcv1.ChangeEvent, through int64) error) error {
+func readMatching(ctx context.Context, r *changelog.Reader, match func(changelog.Event) bool, emit func(events []*cdcv1.ChangeEvent, through int64) error) error {
 	for {
 		batch, err := r.Next(ctx, watchReadBatch)
 		if err != nil {
@@ -259,7 +262,7 @@ func readMatching(ctx context.Context, r *changelog.Reader, match func(string) b
 		var events []*cdcv1.ChangeEvent
 		size := 0
 		for _, e := range batch {
-			if !match(e.Key) {
+			if !match(e) {
 				continue
 			}
 			if len(events) > 0 && size+len(e.Data) > watchResponseBytes {

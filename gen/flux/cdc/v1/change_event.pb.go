@@ -106,7 +106,19 @@ type ChangeEvent struct {
 	// expire_time is when the key expires, for an OP_PUT with a TTL; unset
 	// when the key has no TTL. Stored as an absolute time so replaying the log
 	// never extends a TTL.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// epoch is the ring epoch the committing node routed by when it committed
+	// the change; 0 for a standalone node. When the ring changes, a key's
+	// events move from its old owner to its new one, whose revisions are
+	// unrelated: order one key's events by (epoch, revision). Every event of a
+	// key from its new owner has a higher epoch than every event from its old
+	// one.
+	Epoch int64 `protobuf:"varint,9,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// internal marks a record a node keeps in its own log but never publishes
+	// (to Watch or to CDC): a copy of a key applied while keys move to the
+	// node, or the removal of a key that moved away. Consumers never see it
+	// set.
+	Internal      bool `protobuf:"varint,10,opt,name=internal,proto3" json:"internal,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,11 +209,25 @@ func (x *ChangeEvent) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ChangeEvent) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ChangeEvent) GetInternal() bool {
+	if x != nil {
+		return x.Internal
+	}
+	return false
+}
+
 var File_flux_cdc_v1_change_event_proto protoreflect.FileDescriptor
 
 const file_flux_cdc_v1_change_event_proto_rawDesc = "" +
 	"\n" +
-	"\x1eflux/cdc/v1/change_event.proto\x12\vflux.cdc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x02\n" +
+	"\x1eflux/cdc/v1/change_event.proto\x12\vflux.cdc.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x02\n" +
 	"\vChangeEvent\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\x12\x1f\n" +
@@ -212,7 +238,10 @@ const file_flux_cdc_v1_change_event_proto_rawDesc = "" +
 	"\vcommit_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"commitTime\x12;\n" +
 	"\vexpire_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTimeB\x11\n" +
+	"expireTime\x12\x14\n" +
+	"\x05epoch\x18\t \x01(\x03R\x05epoch\x12\x1a\n" +
+	"\binternal\x18\n" +
+	" \x01(\bR\binternalB\x11\n" +
 	"\x0f_previous_value*B\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +

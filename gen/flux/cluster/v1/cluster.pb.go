@@ -13,6 +13,7 @@
 package clusterv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -89,6 +90,256 @@ func (CircuitState) EnumDescriptor() ([]byte, []int) {
 	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
 }
 
+// RemoveNodeRequest names the member to remove.
+type RemoveNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node_id is the id of the member to remove.
+	NodeId        string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeRequest) Reset() {
+	*x = RemoveNodeRequest{}
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeRequest) ProtoMessage() {}
+
+func (x *RemoveNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeRequest.ProtoReflect.Descriptor instead.
+func (*RemoveNodeRequest) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RemoveNodeRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+// RemoveNodeResponse is the change recorded.
+type RemoveNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// change is the change now in progress.
+	Change        *RingChange `protobuf:"bytes,1,opt,name=change,proto3" json:"change,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNodeResponse) Reset() {
+	*x = RemoveNodeResponse{}
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNodeResponse) ProtoMessage() {}
+
+func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
+func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RemoveNodeResponse) GetChange() *RingChange {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+// AbortChangeRequest names the change to abandon.
+type AbortChangeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// epoch is the epoch of the next ring of the change to abandon, as
+	// Status reports it, so a change started since is never abandoned by
+	// mistake.
+	Epoch         int64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortChangeRequest) Reset() {
+	*x = AbortChangeRequest{}
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortChangeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortChangeRequest) ProtoMessage() {}
+
+func (x *AbortChangeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortChangeRequest.ProtoReflect.Descriptor instead.
+func (*AbortChangeRequest) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AbortChangeRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+// AbortChangeResponse confirms the change was abandoned.
+type AbortChangeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AbortChangeResponse) Reset() {
+	*x = AbortChangeResponse{}
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AbortChangeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AbortChangeResponse) ProtoMessage() {}
+
+func (x *AbortChangeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AbortChangeResponse.ProtoReflect.Descriptor instead.
+func (*AbortChangeResponse) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+// RingChange is a membership change in progress.
+type RingChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// epoch is the epoch of the ring the change leads to.
+	Epoch int64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// members are the member ids of that ring.
+	Members []string `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
+	// add is the member joining, if the change adds one.
+	Add string `protobuf:"bytes,3,opt,name=add,proto3" json:"add,omitempty"`
+	// remove is the member leaving, if the change removes one.
+	Remove        string `protobuf:"bytes,4,opt,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RingChange) Reset() {
+	*x = RingChange{}
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RingChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RingChange) ProtoMessage() {}
+
+func (x *RingChange) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RingChange.ProtoReflect.Descriptor instead.
+func (*RingChange) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RingChange) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RingChange) GetMembers() []string {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *RingChange) GetAdd() string {
+	if x != nil {
+		return x.Add
+	}
+	return ""
+}
+
+func (x *RingChange) GetRemove() string {
+	if x != nil {
+		return x.Remove
+	}
+	return ""
+}
+
 // StatusRequest asks for the cluster's status. It has no parameters.
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -98,7 +349,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[0]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -110,7 +361,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[0]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -123,7 +374,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 // StatusResponse is the cluster as one gateway sees it.
@@ -137,18 +388,24 @@ type StatusResponse struct {
 	// gateways are the live gateways, by id.
 	Gateways []*Gateway `protobuf:"bytes,3,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	// holds_data reports whether the cluster has accepted a write. Once it
-	// has, a new member may join only with --accept-key-movement.
+	// has, a new member joins with --join, which moves its keys to it.
 	HoldsData bool `protobuf:"varint,4,opt,name=holds_data,json=holdsData,proto3" json:"holds_data,omitempty"`
 	// circuits are the answering gateway's circuit breakers, one per backend
 	// instance it has called (of any service), by service then instance.
-	Circuits      []*Circuit `protobuf:"bytes,5,rep,name=circuits,proto3" json:"circuits,omitempty"`
+	Circuits []*Circuit `protobuf:"bytes,5,rep,name=circuits,proto3" json:"circuits,omitempty"`
+	// epoch is the epoch of the ring every party routes by; 0 for a cluster
+	// created before ring epochs that no node has migrated yet.
+	Epoch int64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// change is the membership change in progress, if any: each member's
+	// stats then report the copies it receives (NodeStats.handoffs).
+	Change        *RingChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[1]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -160,7 +417,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[1]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -173,7 +430,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StatusResponse) GetGatewayId() string {
@@ -207,6 +464,20 @@ func (x *StatusResponse) GetHoldsData() bool {
 func (x *StatusResponse) GetCircuits() []*Circuit {
 	if x != nil {
 		return x.Circuits
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetChange() *RingChange {
+	if x != nil {
+		return x.Change
 	}
 	return nil
 }
@@ -245,7 +516,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[2]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -257,7 +528,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[2]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -270,7 +541,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Member) GetId() string {
@@ -362,7 +633,7 @@ type Gateway struct {
 
 func (x *Gateway) Reset() {
 	*x = Gateway{}
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -374,7 +645,7 @@ func (x *Gateway) String() string {
 func (*Gateway) ProtoMessage() {}
 
 func (x *Gateway) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[3]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -387,7 +658,7 @@ func (x *Gateway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gateway.ProtoReflect.Descriptor instead.
 func (*Gateway) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Gateway) GetId() string {
@@ -441,7 +712,7 @@ type Circuit struct {
 
 func (x *Circuit) Reset() {
 	*x = Circuit{}
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +724,7 @@ func (x *Circuit) String() string {
 func (*Circuit) ProtoMessage() {}
 
 func (x *Circuit) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[4]
+	mi := &file_flux_cluster_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +737,7 @@ func (x *Circuit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Circuit.ProtoReflect.Descriptor instead.
 func (*Circuit) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_flux_cluster_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Circuit) GetService() string {
@@ -494,8 +765,21 @@ var File_flux_cluster_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_flux_cluster_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflux/cluster/v1/cluster.proto\x12\x0fflux.cluster.v1\x1a\x1aflux/cluster/v1/node.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n" +
-	"\rStatusRequest\"\xed\x01\n" +
+	"\x1dflux/cluster/v1/cluster.proto\x12\x0fflux.cluster.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1aflux/cluster/v1/node.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n" +
+	"\x11RemoveNodeRequest\x12A\n" +
+	"\anode_id\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\x06nodeId\"I\n" +
+	"\x12RemoveNodeResponse\x123\n" +
+	"\x06change\x18\x01 \x01(\v2\x1b.flux.cluster.v1.RingChangeR\x06change\"3\n" +
+	"\x12AbortChangeRequest\x12\x1d\n" +
+	"\x05epoch\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02 \x01R\x05epoch\"\x15\n" +
+	"\x13AbortChangeResponse\"f\n" +
+	"\n" +
+	"RingChange\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\x12\x18\n" +
+	"\amembers\x18\x02 \x03(\tR\amembers\x12\x10\n" +
+	"\x03add\x18\x03 \x01(\tR\x03add\x12\x16\n" +
+	"\x06remove\x18\x04 \x01(\tR\x06remove\"\x0f\n" +
+	"\rStatusRequest\"\xb8\x02\n" +
 	"\x0eStatusResponse\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x121\n" +
@@ -503,7 +787,9 @@ const file_flux_cluster_v1_cluster_proto_rawDesc = "" +
 	"\bgateways\x18\x03 \x03(\v2\x18.flux.cluster.v1.GatewayR\bgateways\x12\x1d\n" +
 	"\n" +
 	"holds_data\x18\x04 \x01(\bR\tholdsData\x124\n" +
-	"\bcircuits\x18\x05 \x03(\v2\x18.flux.cluster.v1.CircuitR\bcircuits\"\x85\x03\n" +
+	"\bcircuits\x18\x05 \x03(\v2\x18.flux.cluster.v1.CircuitR\bcircuits\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x03R\x05epoch\x123\n" +
+	"\x06change\x18\a \x01(\v2\x1b.flux.cluster.v1.RingChangeR\x06change\"\x85\x03\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04live\x18\x02 \x01(\bR\x04live\x12\x18\n" +
@@ -533,9 +819,12 @@ const file_flux_cluster_v1_cluster_proto_rawDesc = "" +
 	"\x19CIRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CIRCUIT_STATE_CLOSED\x10\x01\x12\x1b\n" +
 	"\x17CIRCUIT_STATE_HALF_OPEN\x10\x02\x12\x16\n" +
-	"\x12CIRCUIT_STATE_OPEN\x10\x032`\n" +
+	"\x12CIRCUIT_STATE_OPEN\x10\x032\x9b\x02\n" +
 	"\x0eClusterService\x12N\n" +
-	"\x06Status\x12\x1e.flux.cluster.v1.StatusRequest\x1a\x1f.flux.cluster.v1.StatusResponse\"\x03\x90\x02\x01B\xb9\x01\n" +
+	"\x06Status\x12\x1e.flux.cluster.v1.StatusRequest\x1a\x1f.flux.cluster.v1.StatusResponse\"\x03\x90\x02\x01\x12Z\n" +
+	"\n" +
+	"RemoveNode\x12\".flux.cluster.v1.RemoveNodeRequest\x1a#.flux.cluster.v1.RemoveNodeResponse\"\x03\x90\x02\x02\x12]\n" +
+	"\vAbortChange\x12#.flux.cluster.v1.AbortChangeRequest\x1a$.flux.cluster.v1.AbortChangeResponse\"\x03\x90\x02\x02B\xb9\x01\n" +
 	"\x13com.flux.cluster.v1B\fClusterProtoP\x01Z6github.com/fluxkv/fluxkv/gen/flux/cluster/v1;clusterv1\xa2\x02\x03FCX\xaa\x02\x0fFlux.Cluster.V1\xca\x02\x0fFlux\\Cluster\\V1\xe2\x02\x1bFlux\\Cluster\\V1\\GPBMetadata\xea\x02\x11Flux::Cluster::V1b\x06proto3"
 
 var (
@@ -551,34 +840,45 @@ func file_flux_cluster_v1_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_flux_cluster_v1_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_flux_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_flux_cluster_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_flux_cluster_v1_cluster_proto_goTypes = []any{
 	(CircuitState)(0),             // 0: flux.cluster.v1.CircuitState
-	(*StatusRequest)(nil),         // 1: flux.cluster.v1.StatusRequest
-	(*StatusResponse)(nil),        // 2: flux.cluster.v1.StatusResponse
-	(*Member)(nil),                // 3: flux.cluster.v1.Member
-	(*Gateway)(nil),               // 4: flux.cluster.v1.Gateway
-	(*Circuit)(nil),               // 5: flux.cluster.v1.Circuit
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*NodeStats)(nil),             // 7: flux.cluster.v1.NodeStats
+	(*RemoveNodeRequest)(nil),     // 1: flux.cluster.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 2: flux.cluster.v1.RemoveNodeResponse
+	(*AbortChangeRequest)(nil),    // 3: flux.cluster.v1.AbortChangeRequest
+	(*AbortChangeResponse)(nil),   // 4: flux.cluster.v1.AbortChangeResponse
+	(*RingChange)(nil),            // 5: flux.cluster.v1.RingChange
+	(*StatusRequest)(nil),         // 6: flux.cluster.v1.StatusRequest
+	(*StatusResponse)(nil),        // 7: flux.cluster.v1.StatusResponse
+	(*Member)(nil),                // 8: flux.cluster.v1.Member
+	(*Gateway)(nil),               // 9: flux.cluster.v1.Gateway
+	(*Circuit)(nil),               // 10: flux.cluster.v1.Circuit
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*NodeStats)(nil),             // 12: flux.cluster.v1.NodeStats
 }
 var file_flux_cluster_v1_cluster_proto_depIdxs = []int32{
-	3,  // 0: flux.cluster.v1.StatusResponse.members:type_name -> flux.cluster.v1.Member
-	4,  // 1: flux.cluster.v1.StatusResponse.gateways:type_name -> flux.cluster.v1.Gateway
-	5,  // 2: flux.cluster.v1.StatusResponse.circuits:type_name -> flux.cluster.v1.Circuit
-	6,  // 3: flux.cluster.v1.Member.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 4: flux.cluster.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: flux.cluster.v1.Member.circuit:type_name -> flux.cluster.v1.CircuitState
-	7,  // 6: flux.cluster.v1.Member.stats:type_name -> flux.cluster.v1.NodeStats
-	6,  // 7: flux.cluster.v1.Gateway.started_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: flux.cluster.v1.Circuit.state:type_name -> flux.cluster.v1.CircuitState
-	1,  // 9: flux.cluster.v1.ClusterService.Status:input_type -> flux.cluster.v1.StatusRequest
-	2,  // 10: flux.cluster.v1.ClusterService.Status:output_type -> flux.cluster.v1.StatusResponse
-	10, // [10:11] is the sub-list for method output_type
-	9,  // [9:10] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	5,  // 0: flux.cluster.v1.RemoveNodeResponse.change:type_name -> flux.cluster.v1.RingChange
+	8,  // 1: flux.cluster.v1.StatusResponse.members:type_name -> flux.cluster.v1.Member
+	9,  // 2: flux.cluster.v1.StatusResponse.gateways:type_name -> flux.cluster.v1.Gateway
+	10, // 3: flux.cluster.v1.StatusResponse.circuits:type_name -> flux.cluster.v1.Circuit
+	5,  // 4: flux.cluster.v1.StatusResponse.change:type_name -> flux.cluster.v1.RingChange
+	11, // 5: flux.cluster.v1.Member.started_at:type_name -> google.protobuf.Timestamp
+	11, // 6: flux.cluster.v1.Member.joined_at:type_name -> google.protobuf.Timestamp
+	0,  // 7: flux.cluster.v1.Member.circuit:type_name -> flux.cluster.v1.CircuitState
+	12, // 8: flux.cluster.v1.Member.stats:type_name -> flux.cluster.v1.NodeStats
+	11, // 9: flux.cluster.v1.Gateway.started_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: flux.cluster.v1.Circuit.state:type_name -> flux.cluster.v1.CircuitState
+	6,  // 11: flux.cluster.v1.ClusterService.Status:input_type -> flux.cluster.v1.StatusRequest
+	1,  // 12: flux.cluster.v1.ClusterService.RemoveNode:input_type -> flux.cluster.v1.RemoveNodeRequest
+	3,  // 13: flux.cluster.v1.ClusterService.AbortChange:input_type -> flux.cluster.v1.AbortChangeRequest
+	7,  // 14: flux.cluster.v1.ClusterService.Status:output_type -> flux.cluster.v1.StatusResponse
+	2,  // 15: flux.cluster.v1.ClusterService.RemoveNode:output_type -> flux.cluster.v1.RemoveNodeResponse
+	4,  // 16: flux.cluster.v1.ClusterService.AbortChange:output_type -> flux.cluster.v1.AbortChangeResponse
+	14, // [14:17] is the sub-list for method output_type
+	11, // [11:14] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_flux_cluster_v1_cluster_proto_init() }
@@ -593,7 +893,7 @@ func file_flux_cluster_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flux_cluster_v1_cluster_proto_rawDesc), len(file_flux_cluster_v1_cluster_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,148 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// FreezeRequest names the change, the receiving node and the lease that
+// keeps the freeze.
+type FreezeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// from_members, to_members, target and virtual_nodes are as in
+	// CopyRequest.
+	FromMembers []string `protobuf:"bytes,1,rep,name=from_members,json=fromMembers,proto3" json:"from_members,omitempty"`
+	// to_members: see from_members.
+	ToMembers []string `protobuf:"bytes,2,rep,name=to_members,json=toMembers,proto3" json:"to_members,omitempty"`
+	// target: see from_members.
+	Target string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// virtual_nodes: see from_members.
+	VirtualNodes uint32 `protobuf:"varint,4,opt,name=virtual_nodes,json=virtualNodes,proto3" json:"virtual_nodes,omitempty"`
+	// epoch is the epoch of the ring the change leads to (the /flux/ring/next
+	// record's).
+	Epoch int64 `protobuf:"varint,5,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// lease_id is the target's etcd lease; the target keeps it alive while
+	// it needs the freeze.
+	LeaseId       int64 `protobuf:"varint,6,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FreezeRequest) Reset() {
+	*x = FreezeRequest{}
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FreezeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FreezeRequest) ProtoMessage() {}
+
+func (x *FreezeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FreezeRequest.ProtoReflect.Descriptor instead.
+func (*FreezeRequest) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *FreezeRequest) GetFromMembers() []string {
+	if x != nil {
+		return x.FromMembers
+	}
+	return nil
+}
+
+func (x *FreezeRequest) GetToMembers() []string {
+	if x != nil {
+		return x.ToMembers
+	}
+	return nil
+}
+
+func (x *FreezeRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
+	}
+	return ""
+}
+
+func (x *FreezeRequest) GetVirtualNodes() uint32 {
+	if x != nil {
+		return x.VirtualNodes
+	}
+	return 0
+}
+
+func (x *FreezeRequest) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *FreezeRequest) GetLeaseId() int64 {
+	if x != nil {
+		return x.LeaseId
+	}
+	return 0
+}
+
+// FreezeResponse reports where the source stopped.
+type FreezeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// revision is the source's revision once the freeze took hold: no write
+	// to a moving key comes after it.
+	Revision      int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FreezeResponse) Reset() {
+	*x = FreezeResponse{}
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FreezeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FreezeResponse) ProtoMessage() {}
+
+func (x *FreezeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FreezeResponse.ProtoReflect.Descriptor instead.
+func (*FreezeResponse) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FreezeResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // CopyRequest names the ring change and the receiving node.
 type CopyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -47,7 +189,7 @@ type CopyRequest struct {
 
 func (x *CopyRequest) Reset() {
 	*x = CopyRequest{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[0]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -59,7 +201,7 @@ func (x *CopyRequest) String() string {
 func (*CopyRequest) ProtoMessage() {}
 
 func (x *CopyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[0]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -72,7 +214,7 @@ func (x *CopyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyRequest.ProtoReflect.Descriptor instead.
 func (*CopyRequest) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{0}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CopyRequest) GetFromMembers() []string {
@@ -121,7 +263,7 @@ type CopyResponse struct {
 
 func (x *CopyResponse) Reset() {
 	*x = CopyResponse{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[1]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -133,7 +275,7 @@ func (x *CopyResponse) String() string {
 func (*CopyResponse) ProtoMessage() {}
 
 func (x *CopyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[1]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -146,7 +288,7 @@ func (x *CopyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyResponse.ProtoReflect.Descriptor instead.
 func (*CopyResponse) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{1}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CopyResponse) GetItem() isCopyResponse_Item {
@@ -221,7 +363,7 @@ type CopyEntries struct {
 
 func (x *CopyEntries) Reset() {
 	*x = CopyEntries{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[2]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -233,7 +375,7 @@ func (x *CopyEntries) String() string {
 func (*CopyEntries) ProtoMessage() {}
 
 func (x *CopyEntries) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[2]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -246,7 +388,7 @@ func (x *CopyEntries) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyEntries.ProtoReflect.Descriptor instead.
 func (*CopyEntries) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{2}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CopyEntries) GetEntries() []*CopyEntry {
@@ -274,7 +416,7 @@ type CopyEntry struct {
 
 func (x *CopyEntry) Reset() {
 	*x = CopyEntry{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[3]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +428,7 @@ func (x *CopyEntry) String() string {
 func (*CopyEntry) ProtoMessage() {}
 
 func (x *CopyEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[3]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +441,7 @@ func (x *CopyEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyEntry.ProtoReflect.Descriptor instead.
 func (*CopyEntry) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{3}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CopyEntry) GetKey() string {
@@ -343,7 +485,7 @@ type SnapshotDone struct {
 
 func (x *SnapshotDone) Reset() {
 	*x = SnapshotDone{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[4]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -355,7 +497,7 @@ func (x *SnapshotDone) String() string {
 func (*SnapshotDone) ProtoMessage() {}
 
 func (x *SnapshotDone) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[4]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -368,7 +510,7 @@ func (x *SnapshotDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDone.ProtoReflect.Descriptor instead.
 func (*SnapshotDone) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{4}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SnapshotDone) GetRevision() int64 {
@@ -388,14 +530,17 @@ type CopyChanges struct {
 	// revision is how far the stream has read the source's changes: every
 	// change to a moving key up to it has been sent. It moves on also when no
 	// change matched, so the caller can tell how far behind the source it is.
-	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revision int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	// source_revision is the source's last revision when the message was
+	// sent: source_revision minus what the caller has applied is its lag.
+	SourceRevision int64 `protobuf:"varint,3,opt,name=source_revision,json=sourceRevision,proto3" json:"source_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CopyChanges) Reset() {
 	*x = CopyChanges{}
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[5]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -407,7 +552,7 @@ func (x *CopyChanges) String() string {
 func (*CopyChanges) ProtoMessage() {}
 
 func (x *CopyChanges) ProtoReflect() protoreflect.Message {
-	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[5]
+	mi := &file_flux_cluster_v1_handoff_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -420,7 +565,7 @@ func (x *CopyChanges) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyChanges.ProtoReflect.Descriptor instead.
 func (*CopyChanges) Descriptor() ([]byte, []int) {
-	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{5}
+	return file_flux_cluster_v1_handoff_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CopyChanges) GetEvents() []*v1.ChangeEvent {
@@ -437,11 +582,29 @@ func (x *CopyChanges) GetRevision() int64 {
 	return 0
 }
 
+func (x *CopyChanges) GetSourceRevision() int64 {
+	if x != nil {
+		return x.SourceRevision
+	}
+	return 0
+}
+
 var File_flux_cluster_v1_handoff_proto protoreflect.FileDescriptor
 
 const file_flux_cluster_v1_handoff_proto_rawDesc = "" +
 	"\n" +
-	"\x1dflux/cluster/v1/handoff.proto\x12\x0fflux.cluster.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1eflux/cdc/v1/change_event.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x03\n" +
+	"\x1dflux/cluster/v1/handoff.proto\x12\x0fflux.cluster.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1eflux/cdc/v1/change_event.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x03\n" +
+	"\rFreezeRequest\x12W\n" +
+	"\ffrom_members\x18\x01 \x03(\tB4\xbaH1\x92\x01.\b\x01\x10\x80\x02\x18\x01\"%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\vfromMembers\x12S\n" +
+	"\n" +
+	"to_members\x18\x02 \x03(\tB4\xbaH1\x92\x01.\b\x01\x10\x80\x02\x18\x01\"%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\ttoMembers\x12@\n" +
+	"\x06target\x18\x03 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\x06target\x12-\n" +
+	"\rvirtual_nodes\x18\x04 \x01(\rB\b\xbaH\x05*\x03\x18\x80 R\fvirtualNodes\x12\x1d\n" +
+	"\x05epoch\x18\x05 \x01(\x03B\a\xbaH\x04\"\x02 \x01R\x05epoch\x12\"\n" +
+	"\blease_id\x18\x06 \x01(\x03B\a\xbaH\x04\"\x02 \x00R\aleaseId:d\xbaHa\x1a_\n" +
+	"\x1bfreeze.target_in_to_members\x12 target must be one of to_members\x1a\x1ethis.target in this.to_members\",\n" +
+	"\x0eFreezeResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x90\x03\n" +
 	"\vCopyRequest\x12W\n" +
 	"\ffrom_members\x18\x01 \x03(\tB4\xbaH1\x92\x01.\b\x01\x10\x80\x02\x18\x01\"%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\vfromMembers\x12S\n" +
 	"\n" +
@@ -463,12 +626,14 @@ const file_flux_cluster_v1_handoff_proto_rawDesc = "" +
 	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\"*\n" +
 	"\fSnapshotDone\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x03R\brevision\"[\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\"\x84\x01\n" +
 	"\vCopyChanges\x120\n" +
 	"\x06events\x18\x01 \x03(\v2\x18.flux.cdc.v1.ChangeEventR\x06events\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x03R\brevision2W\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\x12'\n" +
+	"\x0fsource_revision\x18\x03 \x01(\x03R\x0esourceRevision2\xa2\x01\n" +
 	"\x0eHandoffService\x12E\n" +
-	"\x04Copy\x12\x1c.flux.cluster.v1.CopyRequest\x1a\x1d.flux.cluster.v1.CopyResponse0\x01B\xb9\x01\n" +
+	"\x04Copy\x12\x1c.flux.cluster.v1.CopyRequest\x1a\x1d.flux.cluster.v1.CopyResponse0\x01\x12I\n" +
+	"\x06Freeze\x12\x1e.flux.cluster.v1.FreezeRequest\x1a\x1f.flux.cluster.v1.FreezeResponseB\xb9\x01\n" +
 	"\x13com.flux.cluster.v1B\fHandoffProtoP\x01Z6github.com/fluxkv/fluxkv/gen/flux/cluster/v1;clusterv1\xa2\x02\x03FCX\xaa\x02\x0fFlux.Cluster.V1\xca\x02\x0fFlux\\Cluster\\V1\xe2\x02\x1bFlux\\Cluster\\V1\\GPBMetadata\xea\x02\x11Flux::Cluster::V1b\x06proto3"
 
 var (
@@ -483,28 +648,32 @@ func file_flux_cluster_v1_handoff_proto_rawDescGZIP() []byte {
 	return file_flux_cluster_v1_handoff_proto_rawDescData
 }
 
-var file_flux_cluster_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_flux_cluster_v1_handoff_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_flux_cluster_v1_handoff_proto_goTypes = []any{
-	(*CopyRequest)(nil),           // 0: flux.cluster.v1.CopyRequest
-	(*CopyResponse)(nil),          // 1: flux.cluster.v1.CopyResponse
-	(*CopyEntries)(nil),           // 2: flux.cluster.v1.CopyEntries
-	(*CopyEntry)(nil),             // 3: flux.cluster.v1.CopyEntry
-	(*SnapshotDone)(nil),          // 4: flux.cluster.v1.SnapshotDone
-	(*CopyChanges)(nil),           // 5: flux.cluster.v1.CopyChanges
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*v1.ChangeEvent)(nil),        // 7: flux.cdc.v1.ChangeEvent
+	(*FreezeRequest)(nil),         // 0: flux.cluster.v1.FreezeRequest
+	(*FreezeResponse)(nil),        // 1: flux.cluster.v1.FreezeResponse
+	(*CopyRequest)(nil),           // 2: flux.cluster.v1.CopyRequest
+	(*CopyResponse)(nil),          // 3: flux.cluster.v1.CopyResponse
+	(*CopyEntries)(nil),           // 4: flux.cluster.v1.CopyEntries
+	(*CopyEntry)(nil),             // 5: flux.cluster.v1.CopyEntry
+	(*SnapshotDone)(nil),          // 6: flux.cluster.v1.SnapshotDone
+	(*CopyChanges)(nil),           // 7: flux.cluster.v1.CopyChanges
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*v1.ChangeEvent)(nil),        // 9: flux.cdc.v1.ChangeEvent
 }
 var file_flux_cluster_v1_handoff_proto_depIdxs = []int32{
-	2, // 0: flux.cluster.v1.CopyResponse.entries:type_name -> flux.cluster.v1.CopyEntries
-	4, // 1: flux.cluster.v1.CopyResponse.snapshot_done:type_name -> flux.cluster.v1.SnapshotDone
-	5, // 2: flux.cluster.v1.CopyResponse.changes:type_name -> flux.cluster.v1.CopyChanges
-	3, // 3: flux.cluster.v1.CopyEntries.entries:type_name -> flux.cluster.v1.CopyEntry
-	6, // 4: flux.cluster.v1.CopyEntry.expire_time:type_name -> google.protobuf.Timestamp
-	7, // 5: flux.cluster.v1.CopyChanges.events:type_name -> flux.cdc.v1.ChangeEvent
-	0, // 6: flux.cluster.v1.HandoffService.Copy:input_type -> flux.cluster.v1.CopyRequest
-	1, // 7: flux.cluster.v1.HandoffService.Copy:output_type -> flux.cluster.v1.CopyResponse
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
+	4, // 0: flux.cluster.v1.CopyResponse.entries:type_name -> flux.cluster.v1.CopyEntries
+	6, // 1: flux.cluster.v1.CopyResponse.snapshot_done:type_name -> flux.cluster.v1.SnapshotDone
+	7, // 2: flux.cluster.v1.CopyResponse.changes:type_name -> flux.cluster.v1.CopyChanges
+	5, // 3: flux.cluster.v1.CopyEntries.entries:type_name -> flux.cluster.v1.CopyEntry
+	8, // 4: flux.cluster.v1.CopyEntry.expire_time:type_name -> google.protobuf.Timestamp
+	9, // 5: flux.cluster.v1.CopyChanges.events:type_name -> flux.cdc.v1.ChangeEvent
+	2, // 6: flux.cluster.v1.HandoffService.Copy:input_type -> flux.cluster.v1.CopyRequest
+	0, // 7: flux.cluster.v1.HandoffService.Freeze:input_type -> flux.cluster.v1.FreezeRequest
+	3, // 8: flux.cluster.v1.HandoffService.Copy:output_type -> flux.cluster.v1.CopyResponse
+	1, // 9: flux.cluster.v1.HandoffService.Freeze:output_type -> flux.cluster.v1.FreezeResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
 	6, // [6:6] is the sub-list for extension type_name
 	6, // [6:6] is the sub-list for extension extendee
 	0, // [0:6] is the sub-list for field type_name
@@ -515,7 +684,7 @@ func file_flux_cluster_v1_handoff_proto_init() {
 	if File_flux_cluster_v1_handoff_proto != nil {
 		return
 	}
-	file_flux_cluster_v1_handoff_proto_msgTypes[1].OneofWrappers = []any{
+	file_flux_cluster_v1_handoff_proto_msgTypes[3].OneofWrappers = []any{
 		(*CopyResponse_Entries)(nil),
 		(*CopyResponse_SnapshotDone)(nil),
 		(*CopyResponse_Changes)(nil),
@@ -526,7 +695,7 @@ func file_flux_cluster_v1_handoff_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flux_cluster_v1_handoff_proto_rawDesc), len(file_flux_cluster_v1_handoff_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

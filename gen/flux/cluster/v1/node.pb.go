@@ -21,6 +21,69 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// HandoffState is the state of the keys moving from one source.
+type HandoffState int32
+
+const (
+	// HANDOFF_STATE_UNSPECIFIED is never reported.
+	HandoffState_HANDOFF_STATE_UNSPECIFIED HandoffState = 0
+	// HANDOFF_STATE_COPYING: the snapshot is being copied.
+	HandoffState_HANDOFF_STATE_COPYING HandoffState = 1
+	// HANDOFF_STATE_FOLLOWING: the snapshot is copied; changes are followed.
+	HandoffState_HANDOFF_STATE_FOLLOWING HandoffState = 2
+	// HANDOFF_STATE_FROZEN: the source refuses writes to the moving keys
+	// while the target applies the last changes.
+	HandoffState_HANDOFF_STATE_FROZEN HandoffState = 3
+	// HANDOFF_STATE_READY: the target holds every moving key durably and
+	// waits for the ring to flip.
+	HandoffState_HANDOFF_STATE_READY HandoffState = 4
+)
+
+// Enum value maps for HandoffState.
+var (
+	HandoffState_name = map[int32]string{
+		0: "HANDOFF_STATE_UNSPECIFIED",
+		1: "HANDOFF_STATE_COPYING",
+		2: "HANDOFF_STATE_FOLLOWING",
+		3: "HANDOFF_STATE_FROZEN",
+		4: "HANDOFF_STATE_READY",
+	}
+	HandoffState_value = map[string]int32{
+		"HANDOFF_STATE_UNSPECIFIED": 0,
+		"HANDOFF_STATE_COPYING":     1,
+		"HANDOFF_STATE_FOLLOWING":   2,
+		"HANDOFF_STATE_FROZEN":      3,
+		"HANDOFF_STATE_READY":       4,
+	}
+)
+
+func (x HandoffState) Enum() *HandoffState {
+	p := new(HandoffState)
+	*p = x
+	return p
+}
+
+func (x HandoffState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HandoffState) Descriptor() protoreflect.EnumDescriptor {
+	return file_flux_cluster_v1_node_proto_enumTypes[0].Descriptor()
+}
+
+func (HandoffState) Type() protoreflect.EnumType {
+	return &file_flux_cluster_v1_node_proto_enumTypes[0]
+}
+
+func (x HandoffState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HandoffState.Descriptor instead.
+func (HandoffState) EnumDescriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_node_proto_rawDescGZIP(), []int{0}
+}
+
 // StatsRequest asks a node for its statistics. It has no parameters.
 type StatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -122,7 +185,14 @@ type NodeStats struct {
 	AppendOnly bool `protobuf:"varint,5,opt,name=append_only,json=appendOnly,proto3" json:"append_only,omitempty"`
 	// log_bytes is the size of the append-only file's segments in bytes; 0
 	// when append_only is false.
-	LogBytes      int64 `protobuf:"varint,6,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`
+	LogBytes int64 `protobuf:"varint,6,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`
+	// epoch is the epoch of the ring the node routes by; 0 for a standalone
+	// node.
+	Epoch int64 `protobuf:"varint,7,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// handoffs are the copies this node is receiving while the ring changes,
+	// one per source; empty when no change is in progress or none of its keys
+	// move to this node.
+	Handoffs      []*Handoff `protobuf:"bytes,8,rep,name=handoffs,proto3" json:"handoffs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +269,125 @@ func (x *NodeStats) GetLogBytes() int64 {
 	return 0
 }
 
+func (x *NodeStats) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *NodeStats) GetHandoffs() []*Handoff {
+	if x != nil {
+		return x.Handoffs
+	}
+	return nil
+}
+
+// Handoff is the progress of the keys moving from one source to the node
+// that reports it (the target).
+type Handoff struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source is the id of the node the keys come from.
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// epoch is the epoch of the ring the change leads to.
+	Epoch int64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// state is how far the move from this source got.
+	State HandoffState `protobuf:"varint,3,opt,name=state,proto3,enum=flux.cluster.v1.HandoffState" json:"state,omitempty"`
+	// keys_copied counts the snapshot entries and changes applied from the
+	// source by the current copy (a restarted copy starts again from 0).
+	KeysCopied int64 `protobuf:"varint,4,opt,name=keys_copied,json=keysCopied,proto3" json:"keys_copied,omitempty"`
+	// lag_revisions is how many of the source's revisions the target has yet
+	// to read, as of the source's last report; 0 once caught up.
+	LagRevisions int64 `protobuf:"varint,5,opt,name=lag_revisions,json=lagRevisions,proto3" json:"lag_revisions,omitempty"`
+	// attempts counts the copies started from this source; more than one
+	// means a copy broke (the source or the target restarted, or the target
+	// fell behind) and started again.
+	Attempts int32 `protobuf:"varint,6,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// last_error is why the last copy broke, if one did.
+	LastError     string `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Handoff) Reset() {
+	*x = Handoff{}
+	mi := &file_flux_cluster_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Handoff) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Handoff) ProtoMessage() {}
+
+func (x *Handoff) ProtoReflect() protoreflect.Message {
+	mi := &file_flux_cluster_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Handoff.ProtoReflect.Descriptor instead.
+func (*Handoff) Descriptor() ([]byte, []int) {
+	return file_flux_cluster_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Handoff) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *Handoff) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Handoff) GetState() HandoffState {
+	if x != nil {
+		return x.State
+	}
+	return HandoffState_HANDOFF_STATE_UNSPECIFIED
+}
+
+func (x *Handoff) GetKeysCopied() int64 {
+	if x != nil {
+		return x.KeysCopied
+	}
+	return 0
+}
+
+func (x *Handoff) GetLagRevisions() int64 {
+	if x != nil {
+		return x.LagRevisions
+	}
+	return 0
+}
+
+func (x *Handoff) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Handoff) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 var File_flux_cluster_v1_node_proto protoreflect.FileDescriptor
 
 const file_flux_cluster_v1_node_proto_rawDesc = "" +
@@ -206,7 +395,7 @@ const file_flux_cluster_v1_node_proto_rawDesc = "" +
 	"\x1aflux/cluster/v1/node.proto\x12\x0fflux.cluster.v1\"\x0e\n" +
 	"\fStatsRequest\"A\n" +
 	"\rStatsResponse\x120\n" +
-	"\x05stats\x18\x01 \x01(\v2\x1a.flux.cluster.v1.NodeStatsR\x05stats\"\xc4\x01\n" +
+	"\x05stats\x18\x01 \x01(\v2\x1a.flux.cluster.v1.NodeStatsR\x05stats\"\x90\x02\n" +
 	"\tNodeStats\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tkey_count\x18\x02 \x01(\x03R\bkeyCount\x12\x1a\n" +
@@ -214,7 +403,25 @@ const file_flux_cluster_v1_node_proto_rawDesc = "" +
 	"\x0foldest_revision\x18\x04 \x01(\x03R\x0eoldestRevision\x12\x1f\n" +
 	"\vappend_only\x18\x05 \x01(\bR\n" +
 	"appendOnly\x12\x1b\n" +
-	"\tlog_bytes\x18\x06 \x01(\x03R\blogBytes2Z\n" +
+	"\tlog_bytes\x18\x06 \x01(\x03R\blogBytes\x12\x14\n" +
+	"\x05epoch\x18\a \x01(\x03R\x05epoch\x124\n" +
+	"\bhandoffs\x18\b \x03(\v2\x18.flux.cluster.v1.HandoffR\bhandoffs\"\xed\x01\n" +
+	"\aHandoff\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x03R\x05epoch\x123\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x1d.flux.cluster.v1.HandoffStateR\x05state\x12\x1f\n" +
+	"\vkeys_copied\x18\x04 \x01(\x03R\n" +
+	"keysCopied\x12#\n" +
+	"\rlag_revisions\x18\x05 \x01(\x03R\flagRevisions\x12\x1a\n" +
+	"\battempts\x18\x06 \x01(\x05R\battempts\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError*\x98\x01\n" +
+	"\fHandoffState\x12\x1d\n" +
+	"\x19HANDOFF_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15HANDOFF_STATE_COPYING\x10\x01\x12\x1b\n" +
+	"\x17HANDOFF_STATE_FOLLOWING\x10\x02\x12\x18\n" +
+	"\x14HANDOFF_STATE_FROZEN\x10\x03\x12\x17\n" +
+	"\x13HANDOFF_STATE_READY\x10\x042Z\n" +
 	"\vNodeService\x12K\n" +
 	"\x05Stats\x12\x1d.flux.cluster.v1.StatsRequest\x1a\x1e.flux.cluster.v1.StatsResponse\"\x03\x90\x02\x01B\xb6\x01\n" +
 	"\x13com.flux.cluster.v1B\tNodeProtoP\x01Z6github.com/fluxkv/fluxkv/gen/flux/cluster/v1;clusterv1\xa2\x02\x03FCX\xaa\x02\x0fFlux.Cluster.V1\xca\x02\x0fFlux\\Cluster\\V1\xe2\x02\x1bFlux\\Cluster\\V1\\GPBMetadata\xea\x02\x11Flux::Cluster::V1b\x06proto3"
@@ -231,21 +438,26 @@ func file_flux_cluster_v1_node_proto_rawDescGZIP() []byte {
 	return file_flux_cluster_v1_node_proto_rawDescData
 }
 
-var file_flux_cluster_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_flux_cluster_v1_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_flux_cluster_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_flux_cluster_v1_node_proto_goTypes = []any{
-	(*StatsRequest)(nil),  // 0: flux.cluster.v1.StatsRequest
-	(*StatsResponse)(nil), // 1: flux.cluster.v1.StatsResponse
-	(*NodeStats)(nil),     // 2: flux.cluster.v1.NodeStats
+	(HandoffState)(0),     // 0: flux.cluster.v1.HandoffState
+	(*StatsRequest)(nil),  // 1: flux.cluster.v1.StatsRequest
+	(*StatsResponse)(nil), // 2: flux.cluster.v1.StatsResponse
+	(*NodeStats)(nil),     // 3: flux.cluster.v1.NodeStats
+	(*Handoff)(nil),       // 4: flux.cluster.v1.Handoff
 }
 var file_flux_cluster_v1_node_proto_depIdxs = []int32{
-	2, // 0: flux.cluster.v1.StatsResponse.stats:type_name -> flux.cluster.v1.NodeStats
-	0, // 1: flux.cluster.v1.NodeService.Stats:input_type -> flux.cluster.v1.StatsRequest
-	1, // 2: flux.cluster.v1.NodeService.Stats:output_type -> flux.cluster.v1.StatsResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	3, // 0: flux.cluster.v1.StatsResponse.stats:type_name -> flux.cluster.v1.NodeStats
+	4, // 1: flux.cluster.v1.NodeStats.handoffs:type_name -> flux.cluster.v1.Handoff
+	0, // 2: flux.cluster.v1.Handoff.state:type_name -> flux.cluster.v1.HandoffState
+	1, // 3: flux.cluster.v1.NodeService.Stats:input_type -> flux.cluster.v1.StatsRequest
+	2, // 4: flux.cluster.v1.NodeService.Stats:output_type -> flux.cluster.v1.StatsResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_flux_cluster_v1_node_proto_init() }
@@ -258,13 +470,14 @@ func file_flux_cluster_v1_node_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_flux_cluster_v1_node_proto_rawDesc), len(file_flux_cluster_v1_node_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   3,
+			NumEnums:      1,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_flux_cluster_v1_node_proto_goTypes,
 		DependencyIndexes: file_flux_cluster_v1_node_proto_depIdxs,
+		EnumInfos:         file_flux_cluster_v1_node_proto_enumTypes,
 		MessageInfos:      file_flux_cluster_v1_node_proto_msgTypes,
 	}.Build()
 	File_flux_cluster_v1_node_proto = out.File

@@ -40,6 +40,12 @@ const (
 const (
 	// ClusterServiceStatusProcedure is the fully-qualified name of the ClusterService's Status RPC.
 	ClusterServiceStatusProcedure = "/flux.cluster.v1.ClusterService/Status"
+	// ClusterServiceRemoveNodeProcedure is the fully-qualified name of the ClusterService's RemoveNode
+	// RPC.
+	ClusterServiceRemoveNodeProcedure = "/flux.cluster.v1.ClusterService/RemoveNode"
+	// ClusterServiceAbortChangeProcedure is the fully-qualified name of the ClusterService's
+	// AbortChange RPC.
+	ClusterServiceAbortChangeProcedure = "/flux.cluster.v1.ClusterService/AbortChange"
 )
 
 // ClusterServiceClient is a client for the flux.cluster.v1.ClusterService service.
@@ -50,6 +56,19 @@ type ClusterServiceClient interface {
 	// error), every live gateway, and the state of the answering gateway's
 	// circuit breakers.
 	Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error)
+	// RemoveNode starts moving a member out of the cluster: it records the
+	// ring without the member as the next one, and the other members copy
+	// its keys and then switch to it (watch Status for progress). It returns
+	// once the change is recorded. Errors: NOT_FOUND when the node is not a
+	// member; FAILED_PRECONDITION when it is the last member, or another
+	// change is in progress (its epoch and change are in the message);
+	// UNAVAILABLE when etcd cannot be reached.
+	RemoveNode(context.Context, *connect.Request[v1.RemoveNodeRequest]) (*connect.Response[v1.RemoveNodeResponse], error)
+	// AbortChange abandons the membership change in progress: the ring stays
+	// as it is, sources stop refusing writes to the keys that were moving,
+	// and targets drop what they copied. Errors: FAILED_PRECONDITION when no
+	// change is in progress or the one in progress is not the epoch given.
+	AbortChange(context.Context, *connect.Request[v1.AbortChangeRequest]) (*connect.Response[v1.AbortChangeResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the flux.cluster.v1.ClusterService service. By
@@ -70,17 +89,43 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		removeNode: connect.NewClient[v1.RemoveNodeRequest, v1.RemoveNodeResponse](
+			httpClient,
+			baseURL+ClusterServiceRemoveNodeProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("RemoveNode")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
+		abortChange: connect.NewClient[v1.AbortChangeRequest, v1.AbortChangeResponse](
+			httpClient,
+			baseURL+ClusterServiceAbortChangeProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("AbortChange")),
+			connect.WithIdempotency(connect.IdempotencyIdempotent),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	status *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	status      *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	removeNode  *connect.Client[v1.RemoveNodeRequest, v1.RemoveNodeResponse]
+	abortChange *connect.Client[v1.AbortChangeRequest, v1.AbortChangeResponse]
 }
 
 // Status calls flux.cluster.v1.ClusterService.Status.
 func (c *clusterServiceClient) Status(ctx context.Context, req *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error) {
 	return c.status.CallUnary(ctx, req)
+}
+
+// RemoveNode calls flux.cluster.v1.ClusterService.RemoveNode.
+func (c *clusterServiceClient) RemoveNode(ctx context.Context, req *connect.Request[v1.RemoveNodeRequest]) (*connect.Response[v1.RemoveNodeResponse], error) {
+	return c.removeNode.CallUnary(ctx, req)
+}
+
+// AbortChange calls flux.cluster.v1.ClusterService.AbortChange.
+func (c *clusterServiceClient) AbortChange(ctx context.Context, req *connect.Request[v1.AbortChangeRequest]) (*connect.Response[v1.AbortChangeResponse], error) {
+	return c.abortChange.CallUnary(ctx, req)
 }
 
 // ClusterServiceHandler is an implementation of the flux.cluster.v1.ClusterService service.
@@ -91,6 +136,19 @@ type ClusterServiceHandler interface {
 	// error), every live gateway, and the state of the answering gateway's
 	// circuit breakers.
 	Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error)
+	// RemoveNode starts moving a member out of the cluster: it records the
+	// ring without the member as the next one, and the other members copy
+	// its keys and then switch to it (watch Status for progress). It returns
+	// once the change is recorded. Errors: NOT_FOUND when the node is not a
+	// member; FAILED_PRECONDITION when it is the last member, or another
+	// change is in progress (its epoch and change are in the message);
+	// UNAVAILABLE when etcd cannot be reached.
+	RemoveNode(context.Context, *connect.Request[v1.RemoveNodeRequest]) (*connect.Response[v1.RemoveNodeResponse], error)
+	// AbortChange abandons the membership change in progress: the ring stays
+	// as it is, sources stop refusing writes to the keys that were moving,
+	// and targets drop what they copied. Errors: FAILED_PRECONDITION when no
+	// change is in progress or the one in progress is not the epoch given.
+	AbortChange(context.Context, *connect.Request[v1.AbortChangeRequest]) (*connect.Response[v1.AbortChangeResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -107,10 +165,28 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceRemoveNodeHandler := connect.NewUnaryHandler(
+		ClusterServiceRemoveNodeProcedure,
+		svc.RemoveNode,
+		connect.WithSchema(clusterServiceMethods.ByName("RemoveNode")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceAbortChangeHandler := connect.NewUnaryHandler(
+		ClusterServiceAbortChangeProcedure,
+		svc.AbortChange,
+		connect.WithSchema(clusterServiceMethods.ByName("AbortChange")),
+		connect.WithIdempotency(connect.IdempotencyIdempotent),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flux.cluster.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
 			clusterServiceStatusHandler.ServeHTTP(w, r)
+		case ClusterServiceRemoveNodeProcedure:
+			clusterServiceRemoveNodeHandler.ServeHTTP(w, r)
+		case ClusterServiceAbortChangeProcedure:
+			clusterServiceAbortChangeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -122,4 +198,12 @@ type UnimplementedClusterServiceHandler struct{}
 
 func (UnimplementedClusterServiceHandler) Status(context.Context, *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flux.cluster.v1.ClusterService.Status is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) RemoveNode(context.Context, *connect.Request[v1.RemoveNodeRequest]) (*connect.Response[v1.RemoveNodeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flux.cluster.v1.ClusterService.RemoveNode is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) AbortChange(context.Context, *connect.Request[v1.AbortChangeRequest]) (*connect.Response[v1.AbortChangeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flux.cluster.v1.ClusterService.AbortChange is not implemented"))
 }

@@ -35,6 +35,8 @@ const (
 const (
 	// HandoffServiceCopyProcedure is the fully-qualified name of the HandoffService's Copy RPC.
 	HandoffServiceCopyProcedure = "/flux.cluster.v1.HandoffService/Copy"
+	// HandoffServiceFreezeProcedure is the fully-qualified name of the HandoffService's Freeze RPC.
+	HandoffServiceFreezeProcedure = "/flux.cluster.v1.HandoffService/Freeze"
 )
 
 // HandoffServiceClient is a client for the flux.cluster.v1.HandoffService service.
@@ -56,6 +58,22 @@ type HandoffServiceClient interface {
 	// restart the copy from the beginning. UNAVAILABLE when the source is
 	// shutting down.
 	Copy(context.Context, *connect.Request[v1.CopyRequest]) (*connect.ServerStreamForClient[v1.CopyResponse], error)
+	// Freeze makes the answering node (the source) refuse writes to the keys
+	// that move from it to the target, with UNAVAILABLE and reason MOVING
+	// (which clients retry), and returns the source's revision once every
+	// write to them already admitted is in its store: the copy is complete
+	// when the target has applied it through that revision. The freeze lasts
+	// until the source sees the ring change to epoch (the keys are then the
+	// target's), or until the target's etcd lease lease_id is gone while the
+	// change has not happened (the target died or gave up). Calling it again
+	// for the same target replaces the freeze.
+	//
+	// Errors: INVALID_ARGUMENT and FAILED_PRECONDITION as for Copy;
+	// FAILED_PRECONDITION also when the cluster's change in progress is not
+	// the one described (another epoch or other members) or the lease is not
+	// alive; UNAVAILABLE when the source is shutting down or cannot reach
+	// etcd.
+	Freeze(context.Context, *connect.Request[v1.FreezeRequest]) (*connect.Response[v1.FreezeResponse], error)
 }
 
 // NewHandoffServiceClient constructs a client for the flux.cluster.v1.HandoffService service. By
@@ -75,17 +93,29 @@ func NewHandoffServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(handoffServiceMethods.ByName("Copy")),
 			connect.WithClientOptions(opts...),
 		),
+		freeze: connect.NewClient[v1.FreezeRequest, v1.FreezeResponse](
+			httpClient,
+			baseURL+HandoffServiceFreezeProcedure,
+			connect.WithSchema(handoffServiceMethods.ByName("Freeze")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // handoffServiceClient implements HandoffServiceClient.
 type handoffServiceClient struct {
-	copy *connect.Client[v1.CopyRequest, v1.CopyResponse]
+	copy   *connect.Client[v1.CopyRequest, v1.CopyResponse]
+	freeze *connect.Client[v1.FreezeRequest, v1.FreezeResponse]
 }
 
 // Copy calls flux.cluster.v1.HandoffService.Copy.
 func (c *handoffServiceClient) Copy(ctx context.Context, req *connect.Request[v1.CopyRequest]) (*connect.ServerStreamForClient[v1.CopyResponse], error) {
 	return c.copy.CallServerStream(ctx, req)
+}
+
+// Freeze calls flux.cluster.v1.HandoffService.Freeze.
+func (c *handoffServiceClient) Freeze(ctx context.Context, req *connect.Request[v1.FreezeRequest]) (*connect.Response[v1.FreezeResponse], error) {
+	return c.freeze.CallUnary(ctx, req)
 }
 
 // HandoffServiceHandler is an implementation of the flux.cluster.v1.HandoffService service.
@@ -107,6 +137,22 @@ type HandoffServiceHandler interface {
 	// restart the copy from the beginning. UNAVAILABLE when the source is
 	// shutting down.
 	Copy(context.Context, *connect.Request[v1.CopyRequest], *connect.ServerStream[v1.CopyResponse]) error
+	// Freeze makes the answering node (the source) refuse writes to the keys
+	// that move from it to the target, with UNAVAILABLE and reason MOVING
+	// (which clients retry), and returns the source's revision once every
+	// write to them already admitted is in its store: the copy is complete
+	// when the target has applied it through that revision. The freeze lasts
+	// until the source sees the ring change to epoch (the keys are then the
+	// target's), or until the target's etcd lease lease_id is gone while the
+	// change has not happened (the target died or gave up). Calling it again
+	// for the same target replaces the freeze.
+	//
+	// Errors: INVALID_ARGUMENT and FAILED_PRECONDITION as for Copy;
+	// FAILED_PRECONDITION also when the cluster's change in progress is not
+	// the one described (another epoch or other members) or the lease is not
+	// alive; UNAVAILABLE when the source is shutting down or cannot reach
+	// etcd.
+	Freeze(context.Context, *connect.Request[v1.FreezeRequest]) (*connect.Response[v1.FreezeResponse], error)
 }
 
 // NewHandoffServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -122,10 +168,18 @@ func NewHandoffServiceHandler(svc HandoffServiceHandler, opts ...connect.Handler
 		connect.WithSchema(handoffServiceMethods.ByName("Copy")),
 		connect.WithHandlerOptions(opts...),
 	)
+	handoffServiceFreezeHandler := connect.NewUnaryHandler(
+		HandoffServiceFreezeProcedure,
+		svc.Freeze,
+		connect.WithSchema(handoffServiceMethods.ByName("Freeze")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/flux.cluster.v1.HandoffService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HandoffServiceCopyProcedure:
 			handoffServiceCopyHandler.ServeHTTP(w, r)
+		case HandoffServiceFreezeProcedure:
+			handoffServiceFreezeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -137,4 +191,8 @@ type UnimplementedHandoffServiceHandler struct{}
 
 func (UnimplementedHandoffServiceHandler) Copy(context.Context, *connect.Request[v1.CopyRequest], *connect.ServerStream[v1.CopyResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("flux.cluster.v1.HandoffService.Copy is not implemented"))
+}
+
+func (UnimplementedHandoffServiceHandler) Freeze(context.Context, *connect.Request[v1.FreezeRequest]) (*connect.Response[v1.FreezeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("flux.cluster.v1.HandoffService.Freeze is not implemented"))
 }

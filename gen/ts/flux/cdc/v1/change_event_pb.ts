@@ -15,7 +15,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flux/cdc/v1/change_event.proto.
  */
 export const file_flux_cdc_v1_change_event: GenFile = /*@__PURE__*/
-  fileDesc("Ch5mbHV4L2NkYy92MS9jaGFuZ2VfZXZlbnQucHJvdG8SC2ZsdXguY2RjLnYxIvsBCgtDaGFuZ2VFdmVudBIPCgdub2RlX2lkGAEgASgJEhAKCHJldmlzaW9uGAIgASgDEhsKAm9wGAMgASgOMg8uZmx1eC5jZGMudjEuT3ASCwoDa2V5GAQgASgJEg0KBXZhbHVlGAUgASgMEhsKDnByZXZpb3VzX3ZhbHVlGAYgASgMSACIAQESLwoLY29tbWl0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIRCg9fcHJldmlvdXNfdmFsdWUqQgoCT3ASEgoOT1BfVU5TUEVDSUZJRUQQABIKCgZPUF9QVVQQARINCglPUF9ERUxFVEUQAhINCglPUF9FWFBJUkUQA0KhAQoPY29tLmZsdXguY2RjLnYxQhBDaGFuZ2VFdmVudFByb3RvUAFaLmdpdGh1Yi5jb20vZmx1eGt2L2ZsdXhrdi9nZW4vZmx1eC9jZGMvdjE7Y2RjdjGiAgNGQ1iqAgtGbHV4LkNkYy5WMcoCC0ZsdXhcQ2RjXFYx4gIXRmx1eFxDZGNcVjFcR1BCTWV0YWRhdGHqAg1GbHV4OjpDZGM6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Ch5mbHV4L2NkYy92MS9jaGFuZ2VfZXZlbnQucHJvdG8SC2ZsdXguY2RjLnYxIpwCCgtDaGFuZ2VFdmVudBIPCgdub2RlX2lkGAEgASgJEhAKCHJldmlzaW9uGAIgASgDEhsKAm9wGAMgASgOMg8uZmx1eC5jZGMudjEuT3ASCwoDa2V5GAQgASgJEg0KBXZhbHVlGAUgASgMEhsKDnByZXZpb3VzX3ZhbHVlGAYgASgMSACIAQESLwoLY29tbWl0X3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVlcG9jaBgJIAEoAxIQCghpbnRlcm5hbBgKIAEoCEIRCg9fcHJldmlvdXNfdmFsdWUqQgoCT3ASEgoOT1BfVU5TUEVDSUZJRUQQABIKCgZPUF9QVVQQARINCglPUF9ERUxFVEUQAhINCglPUF9FWFBJUkUQA0KhAQoPY29tLmZsdXguY2RjLnYxQhBDaGFuZ2VFdmVudFByb3RvUAFaLmdpdGh1Yi5jb20vZmx1eGt2L2ZsdXhrdi9nZW4vZmx1eC9jZGMvdjE7Y2RjdjGiAgNGQ1iqAgtGbHV4LkNkYy5WMcoCC0ZsdXhcQ2RjXFYx4gIXRmx1eFxDZGNcVjFcR1BCTWV0YWRhdGHqAg1GbHV4OjpDZGM6OlYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * ChangeEvent is one mutation of one key on one node. A node assigns each
@@ -84,6 +84,28 @@ export type ChangeEvent = Message<"flux.cdc.v1.ChangeEvent"> & {
    * @generated from field: google.protobuf.Timestamp expire_time = 8;
    */
   expireTime?: Timestamp | undefined;
+
+  /**
+   * epoch is the ring epoch the committing node routed by when it committed
+   * the change; 0 for a standalone node. When the ring changes, a key's
+   * events move from its old owner to its new one, whose revisions are
+   * unrelated: order one key's events by (epoch, revision). Every event of a
+   * key from its new owner has a higher epoch than every event from its old
+   * one.
+   *
+   * @generated from field: int64 epoch = 9;
+   */
+  epoch: bigint;
+
+  /**
+   * internal marks a record a node keeps in its own log but never publishes
+   * (to Watch or to CDC): a copy of a key applied while keys move to the
+   * node, or the removal of a key that moved away. Consumers never see it
+   * set.
+   *
+   * @generated from field: bool internal = 10;
+   */
+  internal: boolean;
 };
 
 /**

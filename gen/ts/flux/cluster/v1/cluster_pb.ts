@@ -10,6 +10,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import { file_buf_validate_validate } from "../../../buf/validate/validate_pb.js";
 import type { NodeStats } from "./node_pb.js";
 import { file_flux_cluster_v1_node } from "./node_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
@@ -20,7 +21,129 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flux/cluster/v1/cluster.proto.
  */
 export const file_flux_cluster_v1_cluster: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbHV4L2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIg8KDVN0YXR1c1JlcXVlc3QiugEKDlN0YXR1c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSKAoHbWVtYmVycxgCIAMoCzIXLmZsdXguY2x1c3Rlci52MS5NZW1iZXISKgoIZ2F0ZXdheXMYAyADKAsyGC5mbHV4LmNsdXN0ZXIudjEuR2F0ZXdheRISCgpob2xkc19kYXRhGAQgASgIEioKCGNpcmN1aXRzGAUgAygLMhguZmx1eC5jbHVzdGVyLnYxLkNpcmN1aXQiqgIKBk1lbWJlchIKCgJpZBgBIAEoCRIMCgRsaXZlGAIgASgIEg8KB2FkZHJlc3MYAyABKAkSFQoNYWRtaW5fYWRkcmVzcxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWpvaW5lZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoHY2lyY3VpdBgIIAEoDjIdLmZsdXguY2x1c3Rlci52MS5DaXJjdWl0U3RhdGUSKQoFc3RhdHMYCSABKAsyGi5mbHV4LmNsdXN0ZXIudjEuTm9kZVN0YXRzEhMKC3N0YXRzX2Vycm9yGAogASgJIn4KB0dhdGV3YXkSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIVCg1hZG1pbl9hZGRyZXNzGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSLgoKc3RhcnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgoHQ2lyY3VpdBIPCgdzZXJ2aWNlGAEgASgJEhAKCGluc3RhbmNlGAIgASgJEiwKBXN0YXRlGAMgASgOMh0uZmx1eC5jbHVzdGVyLnYxLkNpcmN1aXRTdGF0ZSp8CgxDaXJjdWl0U3RhdGUSHQoZQ0lSQ1VJVF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFENJUkNVSVRfU1RBVEVfQ0xPU0VEEAESGwoXQ0lSQ1VJVF9TVEFURV9IQUxGX09QRU4QAhIWChJDSVJDVUlUX1NUQVRFX09QRU4QAzJgCg5DbHVzdGVyU2VydmljZRJOCgZTdGF0dXMSHi5mbHV4LmNsdXN0ZXIudjEuU3RhdHVzUmVxdWVzdBofLmZsdXguY2x1c3Rlci52MS5TdGF0dXNSZXNwb25zZSIDkAIBQrkBChNjb20uZmx1eC5jbHVzdGVyLnYxQgxDbHVzdGVyUHJvdG9QAVo2Z2l0aHViLmNvbS9mbHV4a3YvZmx1eGt2L2dlbi9mbHV4L2NsdXN0ZXIvdjE7Y2x1c3RlcnYxogIDRkNYqgIPRmx1eC5DbHVzdGVyLlYxygIPRmx1eFxDbHVzdGVyXFYx4gIbRmx1eFxDbHVzdGVyXFYxXEdQQk1ldGFkYXRh6gIRRmx1eDo6Q2x1c3Rlcjo6VjFiBnByb3RvMw", [file_flux_cluster_v1_node, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbHV4L2NsdXN0ZXIvdjEvY2x1c3Rlci5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIk4KEVJlbW92ZU5vZGVSZXF1ZXN0EjkKB25vZGVfaWQYASABKAlCKLpIJXIjMiFeW0EtWmEtejAtOV1bQS1aYS16MC05Ll8tXXswLDYzfSQiQQoSUmVtb3ZlTm9kZVJlc3BvbnNlEisKBmNoYW5nZRgBIAEoCzIbLmZsdXguY2x1c3Rlci52MS5SaW5nQ2hhbmdlIiwKEkFib3J0Q2hhbmdlUmVxdWVzdBIWCgVlcG9jaBgBIAEoA0IHukgEIgIgASIVChNBYm9ydENoYW5nZVJlc3BvbnNlIkkKClJpbmdDaGFuZ2USDQoFZXBvY2gYASABKAMSDwoHbWVtYmVycxgCIAMoCRILCgNhZGQYAyABKAkSDgoGcmVtb3ZlGAQgASgJIg8KDVN0YXR1c1JlcXVlc3Qi9gEKDlN0YXR1c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSKAoHbWVtYmVycxgCIAMoCzIXLmZsdXguY2x1c3Rlci52MS5NZW1iZXISKgoIZ2F0ZXdheXMYAyADKAsyGC5mbHV4LmNsdXN0ZXIudjEuR2F0ZXdheRISCgpob2xkc19kYXRhGAQgASgIEioKCGNpcmN1aXRzGAUgAygLMhguZmx1eC5jbHVzdGVyLnYxLkNpcmN1aXQSDQoFZXBvY2gYBiABKAMSKwoGY2hhbmdlGAcgASgLMhsuZmx1eC5jbHVzdGVyLnYxLlJpbmdDaGFuZ2UiqgIKBk1lbWJlchIKCgJpZBgBIAEoCRIMCgRsaXZlGAIgASgIEg8KB2FkZHJlc3MYAyABKAkSFQoNYWRtaW5fYWRkcmVzcxgEIAEoCRIPCgd2ZXJzaW9uGAUgASgJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWpvaW5lZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoHY2lyY3VpdBgIIAEoDjIdLmZsdXguY2x1c3Rlci52MS5DaXJjdWl0U3RhdGUSKQoFc3RhdHMYCSABKAsyGi5mbHV4LmNsdXN0ZXIudjEuTm9kZVN0YXRzEhMKC3N0YXRzX2Vycm9yGAogASgJIn4KB0dhdGV3YXkSCgoCaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIVCg1hZG1pbl9hZGRyZXNzGAMgASgJEg8KB3ZlcnNpb24YBCABKAkSLgoKc3RhcnRlZF9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgoHQ2lyY3VpdBIPCgdzZXJ2aWNlGAEgASgJEhAKCGluc3RhbmNlGAIgASgJEiwKBXN0YXRlGAMgASgOMh0uZmx1eC5jbHVzdGVyLnYxLkNpcmN1aXRTdGF0ZSp8CgxDaXJjdWl0U3RhdGUSHQoZQ0lSQ1VJVF9TVEFURV9VTlNQRUNJRklFRBAAEhgKFENJUkNVSVRfU1RBVEVfQ0xPU0VEEAESGwoXQ0lSQ1VJVF9TVEFURV9IQUxGX09QRU4QAhIWChJDSVJDVUlUX1NUQVRFX09QRU4QAzKbAgoOQ2x1c3RlclNlcnZpY2USTgoGU3RhdHVzEh4uZmx1eC5jbHVzdGVyLnYxLlN0YXR1c1JlcXVlc3QaHy5mbHV4LmNsdXN0ZXIudjEuU3RhdHVzUmVzcG9uc2UiA5ACARJaCgpSZW1vdmVOb2RlEiIuZmx1eC5jbHVzdGVyLnYxLlJlbW92ZU5vZGVSZXF1ZXN0GiMuZmx1eC5jbHVzdGVyLnYxLlJlbW92ZU5vZGVSZXNwb25zZSIDkAICEl0KC0Fib3J0Q2hhbmdlEiMuZmx1eC5jbHVzdGVyLnYxLkFib3J0Q2hhbmdlUmVxdWVzdBokLmZsdXguY2x1c3Rlci52MS5BYm9ydENoYW5nZVJlc3BvbnNlIgOQAgJCuQEKE2NvbS5mbHV4LmNsdXN0ZXIudjFCDENsdXN0ZXJQcm90b1ABWjZnaXRodWIuY29tL2ZsdXhrdi9mbHV4a3YvZ2VuL2ZsdXgvY2x1c3Rlci92MTtjbHVzdGVydjGiAgNGQ1iqAg9GbHV4LkNsdXN0ZXIuVjHKAg9GbHV4XENsdXN0ZXJcVjHiAhtGbHV4XENsdXN0ZXJcVjFcR1BCTWV0YWRhdGHqAhFGbHV4OjpDbHVzdGVyOjpWMWIGcHJvdG8z", [file_buf_validate_validate, file_flux_cluster_v1_node, file_google_protobuf_timestamp]);
+
+/**
+ * RemoveNodeRequest names the member to remove.
+ *
+ * @generated from message flux.cluster.v1.RemoveNodeRequest
+ */
+export type RemoveNodeRequest = Message<"flux.cluster.v1.RemoveNodeRequest"> & {
+  /**
+   * node_id is the id of the member to remove.
+   *
+   * @generated from field: string node_id = 1;
+   */
+  nodeId: string;
+};
+
+/**
+ * Describes the message flux.cluster.v1.RemoveNodeRequest.
+ * Use `create(RemoveNodeRequestSchema)` to create a new message.
+ */
+export const RemoveNodeRequestSchema: GenMessage<RemoveNodeRequest> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_cluster, 0);
+
+/**
+ * RemoveNodeResponse is the change recorded.
+ *
+ * @generated from message flux.cluster.v1.RemoveNodeResponse
+ */
+export type RemoveNodeResponse = Message<"flux.cluster.v1.RemoveNodeResponse"> & {
+  /**
+   * change is the change now in progress.
+   *
+   * @generated from field: flux.cluster.v1.RingChange change = 1;
+   */
+  change?: RingChange | undefined;
+};
+
+/**
+ * Describes the message flux.cluster.v1.RemoveNodeResponse.
+ * Use `create(RemoveNodeResponseSchema)` to create a new message.
+ */
+export const RemoveNodeResponseSchema: GenMessage<RemoveNodeResponse> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_cluster, 1);
+
+/**
+ * AbortChangeRequest names the change to abandon.
+ *
+ * @generated from message flux.cluster.v1.AbortChangeRequest
+ */
+export type AbortChangeRequest = Message<"flux.cluster.v1.AbortChangeRequest"> & {
+  /**
+   * epoch is the epoch of the next ring of the change to abandon, as
+   * Status reports it, so a change started since is never abandoned by
+   * mistake.
+   *
+   * @generated from field: int64 epoch = 1;
+   */
+  epoch: bigint;
+};
+
+/**
+ * Describes the message flux.cluster.v1.AbortChangeRequest.
+ * Use `create(AbortChangeRequestSchema)` to create a new message.
+ */
+export const AbortChangeRequestSchema: GenMessage<AbortChangeRequest> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_cluster, 2);
+
+/**
+ * AbortChangeResponse confirms the change was abandoned.
+ *
+ * @generated from message flux.cluster.v1.AbortChangeResponse
+ */
+export type AbortChangeResponse = Message<"flux.cluster.v1.AbortChangeResponse"> & {
+};
+
+/**
+ * Describes the message flux.cluster.v1.AbortChangeResponse.
+ * Use `create(AbortChangeResponseSchema)` to create a new message.
+ */
+export const AbortChangeResponseSchema: GenMessage<AbortChangeResponse> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_cluster, 3);
+
+/**
+ * RingChange is a membership change in progress.
+ *
+ * @generated from message flux.cluster.v1.RingChange
+ */
+export type RingChange = Message<"flux.cluster.v1.RingChange"> & {
+  /**
+   * epoch is the epoch of the ring the change leads to.
+   *
+   * @generated from field: int64 epoch = 1;
+   */
+  epoch: bigint;
+
+  /**
+   * members are the member ids of that ring.
+   *
+   * @generated from field: repeated string members = 2;
+   */
+  members: string[];
+
+  /**
+   * add is the member joining, if the change adds one.
+   *
+   * @generated from field: string add = 3;
+   */
+  add: string;
+
+  /**
+   * remove is the member leaving, if the change removes one.
+   *
+   * @generated from field: string remove = 4;
+   */
+  remove: string;
+};
+
+/**
+ * Describes the message flux.cluster.v1.RingChange.
+ * Use `create(RingChangeSchema)` to create a new message.
+ */
+export const RingChangeSchema: GenMessage<RingChange> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_cluster, 4);
 
 /**
  * StatusRequest asks for the cluster's status. It has no parameters.
@@ -35,7 +158,7 @@ export type StatusRequest = Message<"flux.cluster.v1.StatusRequest"> & {
  * Use `create(StatusRequestSchema)` to create a new message.
  */
 export const StatusRequestSchema: GenMessage<StatusRequest> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_cluster, 0);
+  messageDesc(file_flux_cluster_v1_cluster, 5);
 
 /**
  * StatusResponse is the cluster as one gateway sees it.
@@ -67,7 +190,7 @@ export type StatusResponse = Message<"flux.cluster.v1.StatusResponse"> & {
 
   /**
    * holds_data reports whether the cluster has accepted a write. Once it
-   * has, a new member may join only with --accept-key-movement.
+   * has, a new member joins with --join, which moves its keys to it.
    *
    * @generated from field: bool holds_data = 4;
    */
@@ -80,6 +203,22 @@ export type StatusResponse = Message<"flux.cluster.v1.StatusResponse"> & {
    * @generated from field: repeated flux.cluster.v1.Circuit circuits = 5;
    */
   circuits: Circuit[];
+
+  /**
+   * epoch is the epoch of the ring every party routes by; 0 for a cluster
+   * created before ring epochs that no node has migrated yet.
+   *
+   * @generated from field: int64 epoch = 6;
+   */
+  epoch: bigint;
+
+  /**
+   * change is the membership change in progress, if any: each member's
+   * stats then report the copies it receives (NodeStats.handoffs).
+   *
+   * @generated from field: flux.cluster.v1.RingChange change = 7;
+   */
+  change?: RingChange | undefined;
 };
 
 /**
@@ -87,7 +226,7 @@ export type StatusResponse = Message<"flux.cluster.v1.StatusResponse"> & {
  * Use `create(StatusResponseSchema)` to create a new message.
  */
 export const StatusResponseSchema: GenMessage<StatusResponse> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_cluster, 1);
+  messageDesc(file_flux_cluster_v1_cluster, 6);
 
 /**
  * Member is one member of the cluster: a node that joined once and keeps
@@ -176,7 +315,7 @@ export type Member = Message<"flux.cluster.v1.Member"> & {
  * Use `create(MemberSchema)` to create a new message.
  */
 export const MemberSchema: GenMessage<Member> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_cluster, 2);
+  messageDesc(file_flux_cluster_v1_cluster, 7);
 
 /**
  * Gateway is one live gateway.
@@ -225,7 +364,7 @@ export type Gateway = Message<"flux.cluster.v1.Gateway"> & {
  * Use `create(GatewaySchema)` to create a new message.
  */
 export const GatewaySchema: GenMessage<Gateway> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_cluster, 3);
+  messageDesc(file_flux_cluster_v1_cluster, 8);
 
 /**
  * Circuit is the state of one circuit breaker of a gateway.
@@ -261,7 +400,7 @@ export type Circuit = Message<"flux.cluster.v1.Circuit"> & {
  * Use `create(CircuitSchema)` to create a new message.
  */
 export const CircuitSchema: GenMessage<Circuit> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_cluster, 4);
+  messageDesc(file_flux_cluster_v1_cluster, 9);
 
 /**
  * CircuitState is the state of a circuit breaker that guards calls from a
@@ -327,6 +466,35 @@ export const ClusterService: GenService<{
     methodKind: "unary";
     input: typeof StatusRequestSchema;
     output: typeof StatusResponseSchema;
+  },
+  /**
+   * RemoveNode starts moving a member out of the cluster: it records the
+   * ring without the member as the next one, and the other members copy
+   * its keys and then switch to it (watch Status for progress). It returns
+   * once the change is recorded. Errors: NOT_FOUND when the node is not a
+   * member; FAILED_PRECONDITION when it is the last member, or another
+   * change is in progress (its epoch and change are in the message);
+   * UNAVAILABLE when etcd cannot be reached.
+   *
+   * @generated from rpc flux.cluster.v1.ClusterService.RemoveNode
+   */
+  removeNode: {
+    methodKind: "unary";
+    input: typeof RemoveNodeRequestSchema;
+    output: typeof RemoveNodeResponseSchema;
+  },
+  /**
+   * AbortChange abandons the membership change in progress: the ring stays
+   * as it is, sources stop refusing writes to the keys that were moving,
+   * and targets drop what they copied. Errors: FAILED_PRECONDITION when no
+   * change is in progress or the one in progress is not the epoch given.
+   *
+   * @generated from rpc flux.cluster.v1.ClusterService.AbortChange
+   */
+  abortChange: {
+    methodKind: "unary";
+    input: typeof AbortChangeRequestSchema;
+    output: typeof AbortChangeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flux_cluster_v1_cluster, 0);

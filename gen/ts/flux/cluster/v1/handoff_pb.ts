@@ -15,7 +15,89 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flux/cluster/v1/handoff.proto.
  */
 export const file_flux_cluster_v1_handoff: GenFile = /*@__PURE__*/
-  fileDesc("Ch1mbHV4L2NsdXN0ZXIvdjEvaGFuZG9mZi5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIuICCgtDb3B5UmVxdWVzdBJKCgxmcm9tX21lbWJlcnMYASADKAlCNLpIMZIBLggBEIACGAEiJXIjMiFeW0EtWmEtejAtOV1bQS1aYS16MC05Ll8tXXswLDYzfSQSSAoKdG9fbWVtYmVycxgCIAMoCUI0ukgxkgEuCAEQgAIYASIlciMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JBI4CgZ0YXJnZXQYAyABKAlCKLpIJXIjMiFeW0EtWmEtejAtOV1bQS1aYS16MC05Ll8tXXswLDYzfSQSHwoNdmlydHVhbF9ub2RlcxgEIAEoDUIIukgFKgMYgCA6YrpIXxpdChljb3B5LnRhcmdldF9pbl90b19tZW1iZXJzEiB0YXJnZXQgbXVzdCBiZSBvbmUgb2YgdG9fbWVtYmVycxoedGhpcy50YXJnZXQgaW4gdGhpcy50b19tZW1iZXJzIrABCgxDb3B5UmVzcG9uc2USLwoHZW50cmllcxgBIAEoCzIcLmZsdXguY2x1c3Rlci52MS5Db3B5RW50cmllc0gAEjYKDXNuYXBzaG90X2RvbmUYAiABKAsyHS5mbHV4LmNsdXN0ZXIudjEuU25hcHNob3REb25lSAASLwoHY2hhbmdlcxgDIAEoCzIcLmZsdXguY2x1c3Rlci52MS5Db3B5Q2hhbmdlc0gAQgYKBGl0ZW0iOgoLQ29weUVudHJpZXMSKwoHZW50cmllcxgBIAMoCzIaLmZsdXguY2x1c3Rlci52MS5Db3B5RW50cnkiagoJQ29weUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoDBIQCghyZXZpc2lvbhgDIAEoAxIvCgtleHBpcmVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiIAoMU25hcHNob3REb25lEhAKCHJldmlzaW9uGAEgASgDIkkKC0NvcHlDaGFuZ2VzEigKBmV2ZW50cxgBIAMoCzIYLmZsdXguY2RjLnYxLkNoYW5nZUV2ZW50EhAKCHJldmlzaW9uGAIgASgDMlcKDkhhbmRvZmZTZXJ2aWNlEkUKBENvcHkSHC5mbHV4LmNsdXN0ZXIudjEuQ29weVJlcXVlc3QaHS5mbHV4LmNsdXN0ZXIudjEuQ29weVJlc3BvbnNlMAFCuQEKE2NvbS5mbHV4LmNsdXN0ZXIudjFCDEhhbmRvZmZQcm90b1ABWjZnaXRodWIuY29tL2ZsdXhrdi9mbHV4a3YvZ2VuL2ZsdXgvY2x1c3Rlci92MTtjbHVzdGVydjGiAgNGQ1iqAg9GbHV4LkNsdXN0ZXIuVjHKAg9GbHV4XENsdXN0ZXJcVjHiAhtGbHV4XENsdXN0ZXJcVjFcR1BCTWV0YWRhdGHqAhFGbHV4OjpDbHVzdGVyOjpWMWIGcHJvdG8z", [file_buf_validate_validate, file_flux_cdc_v1_change_event, file_google_protobuf_timestamp]);
+  fileDesc("Ch1mbHV4L2NsdXN0ZXIvdjEvaGFuZG9mZi5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIpkDCg1GcmVlemVSZXF1ZXN0EkoKDGZyb21fbWVtYmVycxgBIAMoCUI0ukgxkgEuCAEQgAIYASIlciMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JBJICgp0b19tZW1iZXJzGAIgAygJQjS6SDGSAS4IARCAAhgBIiVyIzIhXltBLVphLXowLTldW0EtWmEtejAtOS5fLV17MCw2M30kEjgKBnRhcmdldBgDIAEoCUIoukglciMyIV5bQS1aYS16MC05XVtBLVphLXowLTkuXy1dezAsNjN9JBIfCg12aXJ0dWFsX25vZGVzGAQgASgNQgi6SAUqAxiAIBIWCgVlcG9jaBgFIAEoA0IHukgEIgIgARIZCghsZWFzZV9pZBgGIAEoA0IHukgEIgIgADpkukhhGl8KG2ZyZWV6ZS50YXJnZXRfaW5fdG9fbWVtYmVycxIgdGFyZ2V0IG11c3QgYmUgb25lIG9mIHRvX21lbWJlcnMaHnRoaXMudGFyZ2V0IGluIHRoaXMudG9fbWVtYmVycyIiCg5GcmVlemVSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAyLiAgoLQ29weVJlcXVlc3QSSgoMZnJvbV9tZW1iZXJzGAEgAygJQjS6SDGSAS4IARCAAhgBIiVyIzIhXltBLVphLXowLTldW0EtWmEtejAtOS5fLV17MCw2M30kEkgKCnRvX21lbWJlcnMYAiADKAlCNLpIMZIBLggBEIACGAEiJXIjMiFeW0EtWmEtejAtOV1bQS1aYS16MC05Ll8tXXswLDYzfSQSOAoGdGFyZ2V0GAMgASgJQii6SCVyIzIhXltBLVphLXowLTldW0EtWmEtejAtOS5fLV17MCw2M30kEh8KDXZpcnR1YWxfbm9kZXMYBCABKA1CCLpIBSoDGIAgOmK6SF8aXQoZY29weS50YXJnZXRfaW5fdG9fbWVtYmVycxIgdGFyZ2V0IG11c3QgYmUgb25lIG9mIHRvX21lbWJlcnMaHnRoaXMudGFyZ2V0IGluIHRoaXMudG9fbWVtYmVycyKwAQoMQ29weVJlc3BvbnNlEi8KB2VudHJpZXMYASABKAsyHC5mbHV4LmNsdXN0ZXIudjEuQ29weUVudHJpZXNIABI2Cg1zbmFwc2hvdF9kb25lGAIgASgLMh0uZmx1eC5jbHVzdGVyLnYxLlNuYXBzaG90RG9uZUgAEi8KB2NoYW5nZXMYAyABKAsyHC5mbHV4LmNsdXN0ZXIudjEuQ29weUNoYW5nZXNIAEIGCgRpdGVtIjoKC0NvcHlFbnRyaWVzEisKB2VudHJpZXMYASADKAsyGi5mbHV4LmNsdXN0ZXIudjEuQ29weUVudHJ5ImoKCUNvcHlFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAwSEAoIcmV2aXNpb24YAyABKAMSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIiAKDFNuYXBzaG90RG9uZRIQCghyZXZpc2lvbhgBIAEoAyJiCgtDb3B5Q2hhbmdlcxIoCgZldmVudHMYASADKAsyGC5mbHV4LmNkYy52MS5DaGFuZ2VFdmVudBIQCghyZXZpc2lvbhgCIAEoAxIXCg9zb3VyY2VfcmV2aXNpb24YAyABKAMyogEKDkhhbmRvZmZTZXJ2aWNlEkUKBENvcHkSHC5mbHV4LmNsdXN0ZXIudjEuQ29weVJlcXVlc3QaHS5mbHV4LmNsdXN0ZXIudjEuQ29weVJlc3BvbnNlMAESSQoGRnJlZXplEh4uZmx1eC5jbHVzdGVyLnYxLkZyZWV6ZVJlcXVlc3QaHy5mbHV4LmNsdXN0ZXIudjEuRnJlZXplUmVzcG9uc2VCuQEKE2NvbS5mbHV4LmNsdXN0ZXIudjFCDEhhbmRvZmZQcm90b1ABWjZnaXRodWIuY29tL2ZsdXhrdi9mbHV4a3YvZ2VuL2ZsdXgvY2x1c3Rlci92MTtjbHVzdGVydjGiAgNGQ1iqAg9GbHV4LkNsdXN0ZXIuVjHKAg9GbHV4XENsdXN0ZXJcVjHiAhtGbHV4XENsdXN0ZXJcVjFcR1BCTWV0YWRhdGHqAhFGbHV4OjpDbHVzdGVyOjpWMWIGcHJvdG8z", [file_buf_validate_validate, file_flux_cdc_v1_change_event, file_google_protobuf_timestamp]);
+
+/**
+ * FreezeRequest names the change, the receiving node and the lease that
+ * keeps the freeze.
+ *
+ * @generated from message flux.cluster.v1.FreezeRequest
+ */
+export type FreezeRequest = Message<"flux.cluster.v1.FreezeRequest"> & {
+  /**
+   * from_members, to_members, target and virtual_nodes are as in
+   * CopyRequest.
+   *
+   * @generated from field: repeated string from_members = 1;
+   */
+  fromMembers: string[];
+
+  /**
+   * to_members: see from_members.
+   *
+   * @generated from field: repeated string to_members = 2;
+   */
+  toMembers: string[];
+
+  /**
+   * target: see from_members.
+   *
+   * @generated from field: string target = 3;
+   */
+  target: string;
+
+  /**
+   * virtual_nodes: see from_members.
+   *
+   * @generated from field: uint32 virtual_nodes = 4;
+   */
+  virtualNodes: number;
+
+  /**
+   * epoch is the epoch of the ring the change leads to (the /flux/ring/next
+   * record's).
+   *
+   * @generated from field: int64 epoch = 5;
+   */
+  epoch: bigint;
+
+  /**
+   * lease_id is the target's etcd lease; the target keeps it alive while
+   * it needs the freeze.
+   *
+   * @generated from field: int64 lease_id = 6;
+   */
+  leaseId: bigint;
+};
+
+/**
+ * Describes the message flux.cluster.v1.FreezeRequest.
+ * Use `create(FreezeRequestSchema)` to create a new message.
+ */
+export const FreezeRequestSchema: GenMessage<FreezeRequest> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_handoff, 0);
+
+/**
+ * FreezeResponse reports where the source stopped.
+ *
+ * @generated from message flux.cluster.v1.FreezeResponse
+ */
+export type FreezeResponse = Message<"flux.cluster.v1.FreezeResponse"> & {
+  /**
+   * revision is the source's revision once the freeze took hold: no write
+   * to a moving key comes after it.
+   *
+   * @generated from field: int64 revision = 1;
+   */
+  revision: bigint;
+};
+
+/**
+ * Describes the message flux.cluster.v1.FreezeResponse.
+ * Use `create(FreezeResponseSchema)` to create a new message.
+ */
+export const FreezeResponseSchema: GenMessage<FreezeResponse> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_handoff, 1);
 
 /**
  * CopyRequest names the ring change and the receiving node.
@@ -63,7 +145,7 @@ export type CopyRequest = Message<"flux.cluster.v1.CopyRequest"> & {
  * Use `create(CopyRequestSchema)` to create a new message.
  */
 export const CopyRequestSchema: GenMessage<CopyRequest> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 0);
+  messageDesc(file_flux_cluster_v1_handoff, 2);
 
 /**
  * CopyResponse is one message of a Copy stream: entry batches, then one
@@ -110,7 +192,7 @@ export type CopyResponse = Message<"flux.cluster.v1.CopyResponse"> & {
  * Use `create(CopyResponseSchema)` to create a new message.
  */
 export const CopyResponseSchema: GenMessage<CopyResponse> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 1);
+  messageDesc(file_flux_cluster_v1_handoff, 3);
 
 /**
  * CopyEntries is a batch of the snapshot: moving keys and their values as
@@ -132,7 +214,7 @@ export type CopyEntries = Message<"flux.cluster.v1.CopyEntries"> & {
  * Use `create(CopyEntriesSchema)` to create a new message.
  */
 export const CopyEntriesSchema: GenMessage<CopyEntries> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 2);
+  messageDesc(file_flux_cluster_v1_handoff, 4);
 
 /**
  * CopyEntry is one key as the source holds it.
@@ -175,7 +257,7 @@ export type CopyEntry = Message<"flux.cluster.v1.CopyEntry"> & {
  * Use `create(CopyEntrySchema)` to create a new message.
  */
 export const CopyEntrySchema: GenMessage<CopyEntry> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 3);
+  messageDesc(file_flux_cluster_v1_handoff, 5);
 
 /**
  * SnapshotDone ends the snapshot.
@@ -198,7 +280,7 @@ export type SnapshotDone = Message<"flux.cluster.v1.SnapshotDone"> & {
  * Use `create(SnapshotDoneSchema)` to create a new message.
  */
 export const SnapshotDoneSchema: GenMessage<SnapshotDone> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 4);
+  messageDesc(file_flux_cluster_v1_handoff, 6);
 
 /**
  * CopyChanges is a batch of the source's changes to moving keys after the
@@ -223,6 +305,14 @@ export type CopyChanges = Message<"flux.cluster.v1.CopyChanges"> & {
    * @generated from field: int64 revision = 2;
    */
   revision: bigint;
+
+  /**
+   * source_revision is the source's last revision when the message was
+   * sent: source_revision minus what the caller has applied is its lag.
+   *
+   * @generated from field: int64 source_revision = 3;
+   */
+  sourceRevision: bigint;
 };
 
 /**
@@ -230,7 +320,7 @@ export type CopyChanges = Message<"flux.cluster.v1.CopyChanges"> & {
  * Use `create(CopyChangesSchema)` to create a new message.
  */
 export const CopyChangesSchema: GenMessage<CopyChanges> = /*@__PURE__*/
-  messageDesc(file_flux_cluster_v1_handoff, 5);
+  messageDesc(file_flux_cluster_v1_handoff, 7);
 
 /**
  * HandoffService moves keys between nodes while the ring changes (see
@@ -266,6 +356,30 @@ export const HandoffService: GenService<{
     methodKind: "server_streaming";
     input: typeof CopyRequestSchema;
     output: typeof CopyResponseSchema;
+  },
+  /**
+   * Freeze makes the answering node (the source) refuse writes to the keys
+   * that move from it to the target, with UNAVAILABLE and reason MOVING
+   * (which clients retry), and returns the source's revision once every
+   * write to them already admitted is in its store: the copy is complete
+   * when the target has applied it through that revision. The freeze lasts
+   * until the source sees the ring change to epoch (the keys are then the
+   * target's), or until the target's etcd lease lease_id is gone while the
+   * change has not happened (the target died or gave up). Calling it again
+   * for the same target replaces the freeze.
+   *
+   * Errors: INVALID_ARGUMENT and FAILED_PRECONDITION as for Copy;
+   * FAILED_PRECONDITION also when the cluster's change in progress is not
+   * the one described (another epoch or other members) or the lease is not
+   * alive; UNAVAILABLE when the source is shutting down or cannot reach
+   * etcd.
+   *
+   * @generated from rpc flux.cluster.v1.HandoffService.Freeze
+   */
+  freeze: {
+    methodKind: "unary";
+    input: typeof FreezeRequestSchema;
+    output: typeof FreezeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flux_cluster_v1_handoff, 0);

@@ -2,15 +2,15 @@
 // @generated from file flux/cluster/v1/node.proto (package flux.cluster.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file flux/cluster/v1/node.proto.
  */
 export const file_flux_cluster_v1_node: GenFile = /*@__PURE__*/
-  fileDesc("ChpmbHV4L2NsdXN0ZXIvdjEvbm9kZS5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIg4KDFN0YXRzUmVxdWVzdCI6Cg1TdGF0c1Jlc3BvbnNlEikKBXN0YXRzGAEgASgLMhouZmx1eC5jbHVzdGVyLnYxLk5vZGVTdGF0cyKCAQoJTm9kZVN0YXRzEg8KB25vZGVfaWQYASABKAkSEQoJa2V5X2NvdW50GAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhcKD29sZGVzdF9yZXZpc2lvbhgEIAEoAxITCgthcHBlbmRfb25seRgFIAEoCBIRCglsb2dfYnl0ZXMYBiABKAMyWgoLTm9kZVNlcnZpY2USSwoFU3RhdHMSHS5mbHV4LmNsdXN0ZXIudjEuU3RhdHNSZXF1ZXN0Gh4uZmx1eC5jbHVzdGVyLnYxLlN0YXRzUmVzcG9uc2UiA5ACAUK2AQoTY29tLmZsdXguY2x1c3Rlci52MUIJTm9kZVByb3RvUAFaNmdpdGh1Yi5jb20vZmx1eGt2L2ZsdXhrdi9nZW4vZmx1eC9jbHVzdGVyL3YxO2NsdXN0ZXJ2MaICA0ZDWKoCD0ZsdXguQ2x1c3Rlci5WMcoCD0ZsdXhcQ2x1c3RlclxWMeICG0ZsdXhcQ2x1c3RlclxWMVxHUEJNZXRhZGF0YeoCEUZsdXg6OkNsdXN0ZXI6OlYxYgZwcm90bzM");
+  fileDesc("ChpmbHV4L2NsdXN0ZXIvdjEvbm9kZS5wcm90bxIPZmx1eC5jbHVzdGVyLnYxIg4KDFN0YXRzUmVxdWVzdCI6Cg1TdGF0c1Jlc3BvbnNlEikKBXN0YXRzGAEgASgLMhouZmx1eC5jbHVzdGVyLnYxLk5vZGVTdGF0cyK9AQoJTm9kZVN0YXRzEg8KB25vZGVfaWQYASABKAkSEQoJa2V5X2NvdW50GAIgASgDEhAKCHJldmlzaW9uGAMgASgDEhcKD29sZGVzdF9yZXZpc2lvbhgEIAEoAxITCgthcHBlbmRfb25seRgFIAEoCBIRCglsb2dfYnl0ZXMYBiABKAMSDQoFZXBvY2gYByABKAMSKgoIaGFuZG9mZnMYCCADKAsyGC5mbHV4LmNsdXN0ZXIudjEuSGFuZG9mZiKoAQoHSGFuZG9mZhIOCgZzb3VyY2UYASABKAkSDQoFZXBvY2gYAiABKAMSLAoFc3RhdGUYAyABKA4yHS5mbHV4LmNsdXN0ZXIudjEuSGFuZG9mZlN0YXRlEhMKC2tleXNfY29waWVkGAQgASgDEhUKDWxhZ19yZXZpc2lvbnMYBSABKAMSEAoIYXR0ZW1wdHMYBiABKAUSEgoKbGFzdF9lcnJvchgHIAEoCSqYAQoMSGFuZG9mZlN0YXRlEh0KGUhBTkRPRkZfU1RBVEVfVU5TUEVDSUZJRUQQABIZChVIQU5ET0ZGX1NUQVRFX0NPUFlJTkcQARIbChdIQU5ET0ZGX1NUQVRFX0ZPTExPV0lORxACEhgKFEhBTkRPRkZfU1RBVEVfRlJPWkVOEAMSFwoTSEFORE9GRl9TVEFURV9SRUFEWRAEMloKC05vZGVTZXJ2aWNlEksKBVN0YXRzEh0uZmx1eC5jbHVzdGVyLnYxLlN0YXRzUmVxdWVzdBoeLmZsdXguY2x1c3Rlci52MS5TdGF0c1Jlc3BvbnNlIgOQAgFCtgEKE2NvbS5mbHV4LmNsdXN0ZXIudjFCCU5vZGVQcm90b1ABWjZnaXRodWIuY29tL2ZsdXhrdi9mbHV4a3YvZ2VuL2ZsdXgvY2x1c3Rlci92MTtjbHVzdGVydjGiAgNGQ1iqAg9GbHV4LkNsdXN0ZXIuVjHKAg9GbHV4XENsdXN0ZXJcVjHiAhtGbHV4XENsdXN0ZXJcVjFcR1BCTWV0YWRhdGHqAhFGbHV4OjpDbHVzdGVyOjpWMWIGcHJvdG8z");
 
 /**
  * StatsRequest asks a node for its statistics. It has no parameters.
@@ -99,6 +99,23 @@ export type NodeStats = Message<"flux.cluster.v1.NodeStats"> & {
    * @generated from field: int64 log_bytes = 6;
    */
   logBytes: bigint;
+
+  /**
+   * epoch is the epoch of the ring the node routes by; 0 for a standalone
+   * node.
+   *
+   * @generated from field: int64 epoch = 7;
+   */
+  epoch: bigint;
+
+  /**
+   * handoffs are the copies this node is receiving while the ring changes,
+   * one per source; empty when no change is in progress or none of its keys
+   * move to this node.
+   *
+   * @generated from field: repeated flux.cluster.v1.Handoff handoffs = 8;
+   */
+  handoffs: Handoff[];
 };
 
 /**
@@ -107,6 +124,124 @@ export type NodeStats = Message<"flux.cluster.v1.NodeStats"> & {
  */
 export const NodeStatsSchema: GenMessage<NodeStats> = /*@__PURE__*/
   messageDesc(file_flux_cluster_v1_node, 2);
+
+/**
+ * Handoff is the progress of the keys moving from one source to the node
+ * that reports it (the target).
+ *
+ * @generated from message flux.cluster.v1.Handoff
+ */
+export type Handoff = Message<"flux.cluster.v1.Handoff"> & {
+  /**
+   * source is the id of the node the keys come from.
+   *
+   * @generated from field: string source = 1;
+   */
+  source: string;
+
+  /**
+   * epoch is the epoch of the ring the change leads to.
+   *
+   * @generated from field: int64 epoch = 2;
+   */
+  epoch: bigint;
+
+  /**
+   * state is how far the move from this source got.
+   *
+   * @generated from field: flux.cluster.v1.HandoffState state = 3;
+   */
+  state: HandoffState;
+
+  /**
+   * keys_copied counts the snapshot entries and changes applied from the
+   * source by the current copy (a restarted copy starts again from 0).
+   *
+   * @generated from field: int64 keys_copied = 4;
+   */
+  keysCopied: bigint;
+
+  /**
+   * lag_revisions is how many of the source's revisions the target has yet
+   * to read, as of the source's last report; 0 once caught up.
+   *
+   * @generated from field: int64 lag_revisions = 5;
+   */
+  lagRevisions: bigint;
+
+  /**
+   * attempts counts the copies started from this source; more than one
+   * means a copy broke (the source or the target restarted, or the target
+   * fell behind) and started again.
+   *
+   * @generated from field: int32 attempts = 6;
+   */
+  attempts: number;
+
+  /**
+   * last_error is why the last copy broke, if one did.
+   *
+   * @generated from field: string last_error = 7;
+   */
+  lastError: string;
+};
+
+/**
+ * Describes the message flux.cluster.v1.Handoff.
+ * Use `create(HandoffSchema)` to create a new message.
+ */
+export const HandoffSchema: GenMessage<Handoff> = /*@__PURE__*/
+  messageDesc(file_flux_cluster_v1_node, 3);
+
+/**
+ * HandoffState is the state of the keys moving from one source.
+ *
+ * @generated from enum flux.cluster.v1.HandoffState
+ */
+export enum HandoffState {
+  /**
+   * HANDOFF_STATE_UNSPECIFIED is never reported.
+   *
+   * @generated from enum value: HANDOFF_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * HANDOFF_STATE_COPYING: the snapshot is being copied.
+   *
+   * @generated from enum value: HANDOFF_STATE_COPYING = 1;
+   */
+  COPYING = 1,
+
+  /**
+   * HANDOFF_STATE_FOLLOWING: the snapshot is copied; changes are followed.
+   *
+   * @generated from enum value: HANDOFF_STATE_FOLLOWING = 2;
+   */
+  FOLLOWING = 2,
+
+  /**
+   * HANDOFF_STATE_FROZEN: the source refuses writes to the moving keys
+   * while the target applies the last changes.
+   *
+   * @generated from enum value: HANDOFF_STATE_FROZEN = 3;
+   */
+  FROZEN = 3,
+
+  /**
+   * HANDOFF_STATE_READY: the target holds every moving key durably and
+   * waits for the ring to flip.
+   *
+   * @generated from enum value: HANDOFF_STATE_READY = 4;
+   */
+  READY = 4,
+}
+
+/**
+ * Describes the enum flux.cluster.v1.HandoffState.
+ */
+export const HandoffStateSchema: GenEnum<HandoffState> = /*@__PURE__*/
+  enumDesc(file_flux_cluster_v1_node, 0);
 
 /**
  * NodeService reports on one node. Every node serves it on its API port,

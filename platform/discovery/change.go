@@ -1,0 +1,326 @@
+package discovery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// RingReadyPrefix holds, while a change is in progress, one key per target
+// of the change that holds every key moving to it durably:
+// <prefix><epoch>/<id>, under the target's lease. The change flips when
+// every target's key exists.
+const RingReadyPrefix = Prefix + "ring/ready/"
+
+// ReadyKey is the key target writes when it is ready for the ring of epoch.
+func ReadyKey(epoch int64, target string) string {
+	return RingReadyPrefix + strconv.FormatInt(epoch, 10) + "/" + target
+}
+
+// ChangeInProgressError is returned when a membership change is asked for
+// while another one is in progress.
+type ChangeInProgressError struct {
+	Next RingRecord
+}
+
+func (e *ChangeInProgressError) Error() string {
+	return fmt.Sprintf("another membership change is in progress (%s, to epoch %d); wait for it to finish or abort it with `flux cluster abort-change --epoch %d`",
+		e.Next.Change.describe(), e.Next.Epoch, e.Next.Epoch)
+}
+
+func (c *RingChange) describe() string {
+	switch {
+	case c == nil:
+		return "an unknown change"
+	case c.Add != "":
+		return "adding " + c.Add
+	default:
+		return "removing " + c.Remove
+	}
+}
+
+// Errors of BeginRemove and AbortChange.
+var (
+	ErrNotMember    = errors.New("not a member of the cluster's ring")
+	ErrLastMember   = errors.New("the last member of a cluster cannot be removed")
+	ErrNoChange     = errors.New("no membership change is in progress")
+	ErrOtherChange  = errors.New("the membership change in progress is not the one named")
+	ErrChangeMissed = errors.New("the ring changed while the change was being recorded")
+)
+
+// Targets returns the members that receive keys when the ring changes from
+// current to next: the member joining, or every member that stays when one
+// leaves.
+func Targets(current, next *RingRecord) []string {
+	if next.Change != nil && next.Change.Add != "" {
+		return []string{next.Change.Add}
+	}
+	return slices.Clone(next.Members)
+}
+
+// Sources returns the members target copies keys from when the ring
+// changes from current to next: every member of current for a join, the
+// member leaving for a removal.
+func Sources(current, next *RingRecord, target string) []string {
+	if next.Change != nil && next.Change.Remove != "" {
+		return []string{next.Change.Remove}
+	}
+	return slices.DeleteFunc(slices.Clone(current.Members), func(id string) bool { return id == target })
+}
+
+// changeState is RingCurrentKey and RingNextKey read at one revision.
+type changeState struct {
+	ring       ringState
+	next       *RingRecord // nil when absent
+	nextModRev int64
+}
+
+func readChange(ctx context.Context, client *clientv3.Client) (changeState, error) {
+	st, err := readRing(ctx, client)
+	if err != nil {
+		return changeState{}, err
+	}
+	resp, err := client.Get(ctx, RingNextKey, clientv3.WithRev(st.rev))
+	if err != nil {
+		return changeState{}, fmt.Errorf("read the ring change: %w", err)
+	}
+	cs := changeState{ring: st}
+	if len(resp.Kvs) == 1 {
+		next, err := parseRingRecord(resp.Kvs[0].Value)
+		if err != nil {
+			return changeState{}, fmt.Errorf("ring record %s: %w", RingNextKey, err)
+		}
+		cs.next, cs.nextModRev = next, resp.Kvs[0].ModRevision
+	}
+	return cs, nil
+}
+
+// begin records next as the change in progress if the ring is still as cs
+// read it and no change is in progress; extra runs in the same transaction.
+func begin(ctx context.Context, client *clientv3.Client, cs changeState, next RingRecord) (bool, error) {
+	value, err := json.Marshal(next)
+	if err != nil {
+		return false, err
+	}
+	resp, err := client.Txn(ctx).
+		If(cs.ring.unchanged(), clientv3.Compare(clientv3.CreateRevision(RingNextKey), "=", 0)).
+		Then(clientv3.OpPut(RingNextKey, string(value))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("record the ring change: %w", err)
+	}
+	return resp.Succeeded, nil
+}
+
+// BeginAdd records, as the change in progress, the ring with id added: the
+// new member copies its keys from the others and the ring flips to it once
+// it holds them (see Flip). It returns the next ring, the same one when the
+// change adding id is already in progress (a restarted joiner resumes it).
+// A *ChangeInProgressError names another change in progress; a cluster
+// without a ring record must be migrated first (MigrateRing).
+func BeginAdd(ctx context.Context, client *clientv3.Client, id string) (*RingRecord, error) {
+	for range ringAttempts {
+		cs, err := readChange(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		if cs.next != nil {
+			if cs.next.Change != nil && cs.next.Change.Add == id {
+				return cs.next, nil
+			}
+			return nil, &ChangeInProgressError{Next: *cs.next}
+		}
+		if cs.ring.modRev == 0 {
+			return nil, errors.New("the cluster has no ring record yet; start a node of this version first")
+		}
+		i, found := slices.BinarySearch(cs.ring.record.Members, id)
+		if found {
+			return nil, fmt.Errorf("node %s is on the ring already", id)
+		}
+		next := RingRecord{
+			Epoch:   cs.ring.record.Epoch + 1,
+			Members: slices.Insert(slices.Clone(cs.ring.record.Members), i, id),
+			Change:  &RingChange{Add: id},
+		}
+		ok, err := begin(ctx, client, cs, next)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return &next, nil
+		}
+	}
+	return nil, fmt.Errorf("add member %s: %w", id, ErrRingBusy)
+}
+
+// BeginRemove records, as the change in progress, the ring without id: the
+// other members copy its keys and the ring flips once they hold them. It
+// returns the next ring, the same one when removing id is in progress
+// already. Errors: ErrNotMember, ErrLastMember, *ChangeInProgressError.
+func BeginRemove(ctx context.Context, client *clientv3.Client, id string) (*RingRecord, error) {
+	for range ringAttempts {
+		cs, err := readChange(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		if cs.next != nil {
+			if cs.next.Change != nil && cs.next.Change.Remove == id {
+				return cs.next, nil
+			}
+			return nil, &ChangeInProgressError{Next: *cs.next}
+		}
+		if cs.ring.modRev == 0 {
+			return nil, errors.New("the cluster has no ring record yet; start a node of this version first")
+		}
+		i, found := slices.BinarySearch(cs.ring.record.Members, id)
+		if !found {
+			return nil, fmt.Errorf("node %s: %w (members: %s)", id, ErrNotMember, strings.Join(cs.ring.record.Members, ", "))
+		}
+		if len(cs.ring.record.Members) == 1 {
+			return nil, fmt.Errorf("node %s: %w", id, ErrLastMember)
+		}
+		next := RingRecord{
+			Epoch:   cs.ring.record.Epoch + 1,
+			Members: slices.Delete(slices.Clone(cs.ring.record.Members), i, i+1),
+			Change:  &RingChange{Remove: id},
+		}
+		ok, err := begin(ctx, client, cs, next)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			return &next, nil
+		}
+	}
+	return nil, fmt.Errorf("remove member %s: %w", id, ErrRingBusy)
+}
+
+// MarkReady records that target holds every key moving to it for the
+// change to the ring of epoch, under lease: the record goes with the lease,
+// so a target that dies no longer counts as ready. It fails with
+// ErrOtherChange when that change is no longer in progress.
+func MarkReady(ctx context.Context, client *clientv3.Client, epoch int64, target string, lease clientv3.LeaseID) error {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return err
+	}
+	if cs.next == nil || cs.next.Epoch != epoch {
+		return ErrOtherChange
+	}
+	resp, err := client.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(RingNextKey), "=", cs.nextModRev)).
+		Then(clientv3.OpPut(ReadyKey(epoch, target), time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("record that %s is ready: %w", target, err)
+	}
+	if !resp.Succeeded {
+		return ErrOtherChange
+	}
+	return nil
+}
+
+// Flip ends the change to the ring of epoch once every target is ready:
+// in one transaction that checks both ring records and every target's
+// ready key, RingCurrentKey becomes the next ring, RingNextKey and the
+// ready keys go, and the member joining is recorded (or the one leaving
+// deleted). It reports false, with no error, while a target is not ready;
+// ErrOtherChange when the change is no longer in progress (flipped by
+// another target, or aborted).
+func Flip(ctx context.Context, client *clientv3.Client, epoch int64) (bool, error) {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return false, err
+	}
+	if cs.next == nil || cs.next.Epoch != epoch {
+		return false, ErrOtherChange
+	}
+	cmps := []clientv3.Cmp{
+		cs.ring.unchanged(),
+		clientv3.Compare(clientv3.ModRevision(RingNextKey), "=", cs.nextModRev),
+	}
+	for _, t := range Targets(&cs.ring.record, cs.next) {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ReadyKey(epoch, t)), ">", 0))
+	}
+	value, err := json.Marshal(RingRecord{Epoch: cs.next.Epoch, Members: cs.next.Members})
+	if err != nil {
+		return false, err
+	}
+	ops := []clientv3.Op{
+		clientv3.OpPut(RingCurrentKey, string(value)),
+		clientv3.OpDelete(RingNextKey),
+		clientv3.OpDelete(RingReadyPrefix, clientv3.WithPrefix()),
+	}
+	switch ch := cs.next.Change; {
+	case ch != nil && ch.Add != "":
+		member, err := json.Marshal(Member{ID: ch.Add, JoinedAt: time.Now().UTC()})
+		if err != nil {
+			return false, err
+		}
+		ops = append(ops, clientv3.OpPut(MemberKey(ch.Add), string(member)))
+	case ch != nil && ch.Remove != "":
+		ops = append(ops, clientv3.OpDelete(MemberKey(ch.Remove)))
+	}
+	resp, err := client.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, fmt.Errorf("flip the ring to epoch %d: %w", epoch, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// AbortChange abandons the change to the ring of epoch: RingNextKey and the
+// ready keys go, and the ring stays. Sources release their freezes and
+// targets drop their copies when they see it. Errors: ErrNoChange,
+// ErrOtherChange.
+func AbortChange(ctx context.Context, client *clientv3.Client, epoch int64) error {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cs.next == nil:
+		return ErrNoChange
+	case cs.next.Epoch != epoch:
+		return fmt.Errorf("%w: epoch %d is in progress (%s)", ErrOtherChange, cs.next.Epoch, cs.next.Change.describe())
+	}
+	resp, err := client.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(RingNextKey), "=", cs.nextModRev)).
+		Then(clientv3.OpDelete(RingNextKey), clientv3.OpDelete(RingReadyPrefix, clientv3.WithPrefix())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("abort the ring change: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrChangeMissed
+	}
+	return nil
+}
+
+// ReadCurrent reads RingCurrentKey from etcd (a linearizable read): nil
+// when the cluster has none.
+func ReadCurrent(ctx context.Context, client *clientv3.Client) (*RingRecord, error) {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	if cs.ring.modRev == 0 {
+		return nil, nil
+	}
+	return &cs.ring.record, nil
+}
+
+// ReadNext reads RingNextKey from etcd: nil when no change is in progress.
+func ReadNext(ctx context.Context, client *clientv3.Client) (*RingRecord, error) {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	return cs.next, nil
+}
