@@ -1,0 +1,228 @@
+package kvnode_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/client"
+	"github.com/fluxkv/fluxkv/platform/discovery"
+	"github.com/fluxkv/fluxkv/platform/ring"
+	"github.com/fluxkv/fluxkv/services/kvnode"
+)
+
+// writeLoad keeps writing through the SDK from several goroutines, each to
+// its own keys, and remembers every key's last acknowledged value.
+type writeLoad struct {
+	mu     sync.Mutex
+	acked  map[string]string
+	failed []error
+	writes atomic.Int64
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+func startWriteLoad(c *client.Client, keys []string, writers int) *writeLoad {
+	w := &writeLoad{acked: map[string]string{}, stop: make(chan struct{})}
+	for g := range writers {
+		w.wg.Go(func() {
+			for seq := 0; ; seq++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				// Each writer owns every writers-th key, so no two race on one.
+				key := keys[(seq*writers+g)%len(keys)]
+				value := fmt.Sprintf("w%d-%d", g, seq)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, err := c.Put(ctx, &kvv1.PutRequest{Key: key, Value: []byte(value)})
+				cancel()
+				w.mu.Lock()
+				if err != nil {
+					w.failed = append(w.failed, fmt.Errorf("put %s: %w", key, err))
+				} else {
+					w.acked[key] = value
+				}
+				w.mu.Unlock()
+				w.writes.Add(1)
+			}
+		})
+	}
+	return w
+}
+
+func (w *writeLoad) finish() (map[string]string, []error) {
+	close(w.stop)
+	w.wg.Wait()
+	return w.acked, w.failed
+}
+
+// waitForEpoch waits until the ring in etcd reaches epoch and returns it.
+func waitForEpoch(t *testing.T, etcd *clientv3.Client, epoch int64) *discovery.RingRecord {
+	t.Helper()
+	var cur *discovery.RingRecord
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var err error
+		cur, err = discovery.ReadCurrent(context.Background(), etcd)
+		if err == nil && cur != nil && cur.Epoch >= epoch {
+			return cur
+		}
+		if time.Now().After(deadline) {
+			next, _ := discovery.ReadNext(context.Background(), etcd)
+			t.Fatalf("the ring did not reach epoch %d within a minute: current %+v, next %+v (err %v)", epoch, cur, next, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func etcdClient(t *testing.T, url string) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{url}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestScaleOutAndInUnderLoad: with writes coming through the SDK the whole
+// time, a fourth node joins a cluster that holds data, then one of the
+// original three is removed. No write fails (the SDK retries the MOVING
+// and NOT_OWNER refusals), every acknowledged write reads back at the end,
+// about a quarter of the keys moved to the new node, and every node ends up
+// holding exactly the keys it owns.
+func TestScaleOutAndInUnderLoad(t *testing.T) {
+	t.Parallel()
+	etcdURL, nodes := startCluster(t, 3)
+	etcd := etcdClient(t, etcdURL)
+	ctx := context.Background()
+	c, err := client.New(ctx, client.WithEtcd(etcdURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	keys := make([]string, 3000)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%05d", i)
+		if _, err := c.Put(ctx, &kvv1.PutRequest{Key: keys[i], Value: []byte("initial")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := waitForEpoch(t, etcd, 3)
+	load := startWriteLoad(c, keys, 4)
+	time.Sleep(300 * time.Millisecond)
+
+	// Scale out.
+	joiner, err := kvnode.New(withTestDefaults(kvnode.Config{
+		NodeID: "node-4", DataDir: t.TempDir(), AppendOnly: true, Etcd: []string{etcdURL}, LeaseTTL: 2 * time.Second, Join: true,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = joiner.Shutdown(context.Background()) })
+	if err := joiner.Start(ctx); err != nil {
+		t.Fatalf("start node-4 with Join: %v", err)
+	}
+	grown := waitForEpoch(t, etcd, before.Epoch+1)
+	if !slices.Equal(grown.Members, []string{"node-1", "node-2", "node-3", "node-4"}) {
+		t.Fatalf("members after the join: %v", grown.Members)
+	}
+	writesAtJoin := load.writes.Load()
+	time.Sleep(300 * time.Millisecond)
+
+	// Scale in.
+	if _, err := discovery.BeginRemove(ctx, etcd, "node-2"); err != nil {
+		t.Fatal(err)
+	}
+	shrunk := waitForEpoch(t, etcd, grown.Epoch+1)
+	if !slices.Equal(shrunk.Members, []string{"node-1", "node-3", "node-4"}) {
+		t.Fatalf("members after the removal: %v", shrunk.Members)
+	}
+	time.Sleep(300 * time.Millisecond)
+	acked, failed := load.finish()
+	for _, err := range failed {
+		t.Error(err)
+	}
+	t.Logf("%d writes acknowledged during the test (%d before the join finished)", load.writes.Load(), writesAtJoin)
+
+	// Every acknowledged write reads back.
+	for _, key := range keys {
+		want, ok := acked[key]
+		if !ok {
+			want = "initial"
+		}
+		resp, err := c.Get(ctx, key)
+		if err != nil {
+			t.Fatalf("get %s: %v", key, err)
+		}
+		if got := string(resp.GetValue()); got != want {
+			t.Errorf("%s = %q, want %q (its last acknowledged write)", key, got, want)
+		}
+	}
+
+	// About a quarter of the keys moved to node-4 on the add.
+	r3, _ := ring.New(before.Members)
+	r4, _ := ring.New(grown.Members)
+	moved := 0
+	for _, key := range keys {
+		if r3.Owner(key) != r4.Owner(key) {
+			if r4.Owner(key) != "node-4" {
+				t.Fatalf("%s moved from %s to %s, not to the new node", key, r3.Owner(key), r4.Owner(key))
+			}
+			moved++
+		}
+	}
+	frac := float64(moved) / float64(len(keys))
+	t.Logf("%d of %d keys (%.1f%%) moved to node-4 on the add", moved, len(keys), 100*frac)
+	if math.Abs(frac-0.25) > 0.08 {
+		t.Errorf("%.1f%% of the keys moved on the add, want about 25%%", 100*frac)
+	}
+
+	// Each node holds exactly the keys it owns: the moved ones were dropped
+	// where they came from, and node-2 holds none. The keys written are the
+	// test's and startCluster's probes.
+	written := slices.Clone(keys)
+	for _, m := range r3.Members() {
+		written = append(written, keyOwnedBy(r3, m, "probe"))
+	}
+	final, _ := ring.New(shrunk.Members)
+	all := append(slices.Clone(nodes), joiner)
+	want := func(id string) int64 {
+		n := int64(0)
+		for _, key := range written {
+			if final.Owner(key) == id {
+				n++
+			}
+		}
+		return n
+	}
+	waitUntil(t, "every node to hold just its own keys", func() bool {
+		for _, n := range all {
+			if n.Stats().GetKeyCount() != want(n.Stats().GetNodeId()) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, n := range all {
+		st := n.Stats()
+		if hs := st.GetHandoffs(); len(hs) != 0 {
+			t.Errorf("%s still reports handoffs after the change: %v", st.GetNodeId(), hs)
+		}
+		if st.GetEpoch() != shrunk.Epoch {
+			t.Errorf("%s routes by epoch %d, want %d", st.GetNodeId(), st.GetEpoch(), shrunk.Epoch)
+		}
+	}
+}
