@@ -112,7 +112,9 @@ func (c *Client) mayRetry(ctx context.Context, v *view, err error, write bool, a
 	case <-v.changed:
 		return true
 	case <-timer.C:
-		return wait < viewWait
+		// Still the same view: worth another try only while keys move,
+		// where either side may be the one behind.
+		return moving
 	case <-ctx.Done():
 	case <-c.stopc:
 	}

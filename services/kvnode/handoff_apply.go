@@ -11,6 +11,12 @@ import (
 	"github.com/fluxkv/fluxkv/platform/store"
 )
 
+// catchUpRevisions is how close behind its source's last revision a copy
+// counts as caught up: the target freezes the source then, and the writes
+// to moving keys pause while it applies about this many revisions' worth
+// of changes (fewer: only those to moving keys).
+const catchUpRevisions = 256
+
 // copyStream is a HandoffService.Copy stream as the target reads it; the
 // connect client's *connect.ServerStreamForClient is one.
 type copyStream interface {
@@ -110,7 +116,10 @@ func (a *applier) apply(msg *clusterv1.CopyResponse) error {
 		}
 		a.reached.Store(max(a.last, item.Changes.GetRevision(), a.reached.Load()))
 		a.head.Store(max(a.head.Load(), item.Changes.GetSourceRevision()))
-		if len(item.Changes.GetEvents()) == 0 {
+		// Caught up: the source sent this with nothing queued behind it, or
+		// while its reader was close behind its last revision. Under a
+		// steady load the first may never happen.
+		if len(item.Changes.GetEvents()) == 0 || item.Changes.GetSourceRevision()-item.Changes.GetRevision() <= catchUpRevisions {
 			a.caughtUp.Store(true)
 		}
 	default:

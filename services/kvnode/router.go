@@ -135,8 +135,7 @@ func (r *router) target(h http.Header, key string) (kvv1connect.KVServiceClient,
 	case owner == r.self:
 		return nil, nil
 	case h.Get(forwardedHeader) != "":
-		return nil, coord.NotExecuted(coord.ReasonNotOwner, r.self,
-			fmt.Errorf("node %s was sent a key that node %s owns by its ring: membership is changing, retry", r.self, owner))
+		return nil, notOwner(r.self, owner, c.view.Load().epoch)
 	default:
 		return client, err
 	}
