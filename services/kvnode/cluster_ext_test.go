@@ -506,7 +506,7 @@ func TestForwardedBatchIsCheckedForOwnership(t *testing.T) {
 	if got[0].GetPut().GetRevision() == 0 {
 		t.Errorf("#0: the owned key was not written: %v", got[0])
 	}
-	if e := got[1].GetError(); e.GetCode() != "unavailable" || !strings.Contains(e.GetMessage(), "node-2 owns") {
+	if e := got[1].GetError(); e.GetCode() != "unavailable" || !strings.Contains(e.GetMessage(), "belongs to node node-2") {
 		t.Errorf("#1: got %v, want unavailable naming the owner", got[1])
 	}
 	// The refused key was written nowhere.

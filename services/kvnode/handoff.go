@@ -24,6 +24,11 @@ import (
 // that batches of many small entries are cut at watchResponseBytes too.
 const copyEntryOverhead = 32
 
+// copyProgress is how long a Copy stream stays silent before it reports
+// its position: the target takes a report with nothing queued behind it as
+// the sign that it has caught up, so it comes soon.
+const copyProgress = 100 * time.Millisecond
+
 // handoffService serves flux.cluster.v1.HandoffService: the source side of
 // moving keys to another node while the ring changes. It reads this node's
 // store and change log only and never forwards a call.
@@ -37,7 +42,9 @@ type handoffService struct {
 }
 
 func newHandoffService(n *Node) clusterv1connect.HandoffServiceHandler {
-	return &handoffService{self: n.cfg.NodeID, metrics: n.handoffMetrics, store: n.store, events: n.events, router: n.router, limits: defaultWatchConfig()}
+	limits := defaultWatchConfig()
+	limits.progress = copyProgress
+	return &handoffService{self: n.cfg.NodeID, metrics: n.handoffMetrics, store: n.store, events: n.events, router: n.router, limits: limits}
 }
 
 // Copy streams the keys moving from this node to the request's target. See
@@ -210,6 +217,7 @@ type copySender struct {
 	head     func() int64 // the source's last revision, for the target's lag
 	snapshot bool         // SnapshotDone has been sent
 	sent     int64        // the revision the stream last reported
+	idle     bool         // a report went out since the last response
 }
 
 // run sends until the producer fails or ctx ends; when ctx has ended, its
@@ -247,6 +255,7 @@ func (s *copySender) loop(ctx context.Context, items <-chan *clusterv1.CopyRespo
 
 func (s *copySender) deliver(resp *clusterv1.CopyResponse) error {
 	defer s.src.queued.Add(-1)
+	s.idle = false
 	switch item := resp.GetItem().(type) {
 	case *clusterv1.CopyResponse_SnapshotDone:
 		s.snapshot = true
@@ -270,11 +279,13 @@ func (s *copySender) report() error {
 		return nil
 	}
 	covered := s.src.covered.Load()
-	if s.src.queued.Load() != 0 || covered <= s.sent {
+	// Once per silence even when the position did not move: it tells the
+	// target that nothing is queued behind what it has.
+	if s.src.queued.Load() != 0 || (covered <= s.sent && s.idle) {
 		return nil
 	}
-	s.sent = covered
-	return s.send(&clusterv1.CopyResponse{Item: &clusterv1.CopyResponse_Changes{Changes: &clusterv1.CopyChanges{Revision: covered, SourceRevision: s.head()}}})
+	s.sent, s.idle = max(s.sent, covered), true
+	return s.send(&clusterv1.CopyResponse{Item: &clusterv1.CopyResponse_Changes{Changes: &clusterv1.CopyChanges{Revision: s.sent, SourceRevision: s.head()}}})
 }
 
 // copyError maps the errors that end a Copy stream. The target's answer to
