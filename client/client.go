@@ -405,7 +405,48 @@ func (c *Client) Batch(ctx context.Context, ops []*kvv1.Operation) ([]*kvv1.Oper
 	if again := c.batch(ctx, v, ops, seq(len(ops)), results, true); len(again) > 0 {
 		c.batch(ctx, c.view.Load(), ops, again, results, false)
 	}
+	// Operations refused one by one because their keys were moving between
+	// nodes had no effect: send them again once the move has settled.
+	start := time.Now()
+	for attempt := 0; ; attempt++ {
+		moved := movedOps(ops, results)
+		if len(moved) == 0 || time.Since(start) > coord.RerouteBudget {
+			break
+		}
+		v := c.view.Load()
+		select {
+		case <-v.changed:
+		case <-time.After(coord.MovingBackoff(attempt)):
+		case <-ctx.Done():
+			return results, nil
+		case <-c.stopc:
+			return results, nil
+		}
+		c.batch(ctx, c.view.Load(), ops, moved, results, false)
+	}
 	return results, nil
+}
+
+// movedOps returns, ascending, the operations whose result is a refusal
+// because their key was moving (MOVING, NOT_OWNER), except those followed
+// in the batch by an operation on the same key that did run: sending one
+// again would then reorder the two.
+func movedOps(ops []*kvv1.Operation, results []*kvv1.OperationResult) []int {
+	var out []int
+	ranLater := map[string]bool{}
+	for i := len(ops) - 1; i >= 0; i-- {
+		key := coord.OperationKey(ops[i])
+		switch results[i].GetError().GetReason() {
+		case coord.ReasonMoving, coord.ReasonNotOwner:
+			if !ranLater[key] {
+				out = append(out, i)
+			}
+		default:
+			ranLater[key] = true
+		}
+	}
+	slices.Reverse(out)
+	return out
 }
 
 // batch sends the operations at idx (ascending) to their owners in v, one
@@ -478,6 +519,6 @@ func seq(n int) []int {
 
 func errorResult(err error) *kvv1.OperationResult {
 	return &kvv1.OperationResult{Result: &kvv1.OperationResult_Error{Error: &kvv1.OperationError{
-		Code: connect.CodeOf(err).String(), Message: err.Error(),
+		Code: connect.CodeOf(err).String(), Message: err.Error(), Reason: coord.Reason(err),
 	}}}
 }

@@ -51,7 +51,29 @@ func startWriteLoad(c *client.Client, keys []string, writers int) *writeLoad {
 				}
 				value := fmt.Sprintf("w%d-%d", g, seq)
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				_, err := c.Put(ctx, &kvv1.PutRequest{Key: key, Value: []byte(value)})
+				var err error
+				if g == 0 && seq%2 == 0 {
+					// The first writer's new keys go in Batches, with a
+					// second key each, so per-operation refusals are retried
+					// too.
+					var results []*kvv1.OperationResult
+					results, err = c.Batch(ctx, []*kvv1.Operation{
+						{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key, Value: []byte(value)}}},
+						{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key + "-b", Value: []byte(value)}}},
+					})
+					for _, r := range results {
+						if err == nil && r.GetError() != nil {
+							err = fmt.Errorf("%s: %s", r.GetError().GetCode(), r.GetError().GetMessage())
+						}
+					}
+					if err == nil {
+						w.mu.Lock()
+						w.acked[key+"-b"] = value
+						w.mu.Unlock()
+					}
+				} else {
+					_, err = c.Put(ctx, &kvv1.PutRequest{Key: key, Value: []byte(value)})
+				}
 				cancel()
 				w.mu.Lock()
 				if err != nil {

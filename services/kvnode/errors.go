@@ -7,10 +7,12 @@ import (
 	validatepb "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
 	"connectrpc.com/connect"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
 
@@ -83,6 +85,10 @@ func errorResult(err error) *kvv1.OperationResult {
 				opErr.ConditionFailure = v
 			case *validatepb.Violations:
 				opErr.Violations = v
+			case *errdetails.ErrorInfo:
+				if v.GetDomain() == coord.ErrorDomain {
+					opErr.Reason = v.GetReason()
+				}
 			}
 		}
 	}

@@ -926,7 +926,13 @@ type OperationError struct {
 	ConditionFailure *ConditionFailure `protobuf:"bytes,3,opt,name=condition_failure,json=conditionFailure,proto3" json:"condition_failure,omitempty"`
 	// violations is set when code is "invalid_argument" because the operation
 	// broke schema rules; each names the field at fault.
-	Violations    *validate.Violations `protobuf:"bytes,4,opt,name=violations,proto3" json:"violations,omitempty"`
+	Violations *validate.Violations `protobuf:"bytes,4,opt,name=violations,proto3" json:"violations,omitempty"`
+	// reason is set when the operation was refused before it ran anywhere: the
+	// reason of the google.rpc.ErrorInfo (domain "fluxkv.dev") a single call
+	// would carry, for example "MOVING" (its key is moving between nodes) or
+	// "NOT_OWNER" (the node no longer owns it). The operation had no effect
+	// and may be sent again, even a write; the Go SDK does so.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -987,6 +993,13 @@ func (x *OperationError) GetViolations() *validate.Violations {
 		return x.Violations
 	}
 	return nil
+}
+
+func (x *OperationError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // BatchRequest holds operations to run in order.
@@ -1677,14 +1690,15 @@ const file_flux_kv_v1_kv_proto_rawDesc = "" +
 	"\x03put\x18\x02 \x01(\v2\x17.flux.kv.v1.PutResponseH\x00R\x03put\x124\n" +
 	"\x06delete\x18\x03 \x01(\v2\x1a.flux.kv.v1.DeleteResponseH\x00R\x06delete\x122\n" +
 	"\x05error\x18\x04 \x01(\v2\x1a.flux.kv.v1.OperationErrorH\x00R\x05errorB\b\n" +
-	"\x06result\"\xc3\x01\n" +
+	"\x06result\"\xdb\x01\n" +
 	"\x0eOperationError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12I\n" +
 	"\x11condition_failure\x18\x03 \x01(\v2\x1c.flux.kv.v1.ConditionFailureR\x10conditionFailure\x128\n" +
 	"\n" +
 	"violations\x18\x04 \x01(\v2\x18.buf.validate.ViolationsR\n" +
-	"violations\"W\n" +
+	"violations\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"W\n" +
 	"\fBatchRequest\x12G\n" +
 	"\n" +
 	"operations\x18\x01 \x03(\v2\x15.flux.kv.v1.OperationB\x10\xbaH\r\x92\x01\n" +
