@@ -10,13 +10,16 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/client"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
+	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/ring"
+	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -31,8 +34,34 @@ type writeLoad struct {
 	wg     sync.WaitGroup
 }
 
-func startWriteLoad(c *client.Client, keys []string, writers int) *writeLoad {
+// putter is what a writer writes through: the SDK, or a gateway.
+type putter func(ctx context.Context, key, value string) error
+
+func startWriteLoad(c *client.Client, keys []string, writers int, extra ...putter) *writeLoad {
 	w := &writeLoad{acked: map[string]string{}, stop: make(chan struct{})}
+	for g, put := range extra {
+		w.wg.Go(func() {
+			for seq := 0; ; seq++ {
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("new-x%d-%06d", g, seq)
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				err := put(ctx, key, key)
+				cancel()
+				w.mu.Lock()
+				if err != nil {
+					w.failed = append(w.failed, fmt.Errorf("put %s: %w", key, err))
+				} else {
+					w.acked[key] = key
+				}
+				w.mu.Unlock()
+				w.writes.Add(1)
+			}
+		})
+	}
 	for g := range writers {
 		w.wg.Go(func() {
 			for seq := 0; ; seq++ {
@@ -124,8 +153,8 @@ func etcdClient(t *testing.T, url string) *clientv3.Client {
 	return c
 }
 
-// TestScaleOutAndInUnderLoad: with writes coming through the SDK the whole
-// time, a fourth node joins a cluster that holds data, then one of the
+// TestScaleOutAndInUnderLoad: with writes coming through the SDK and a
+// gateway the whole time, a fourth node joins a cluster that holds data, then one of the
 // original three is removed. No write fails (the SDK retries the MOVING
 // and NOT_OWNER refusals), every acknowledged write reads back at the end
 // (half the writes create keys, so a lost one cannot hide under a later one),
@@ -150,7 +179,22 @@ func TestScaleOutAndInUnderLoad(t *testing.T) {
 		}
 	}
 	before := waitForEpoch(t, etcd, 3)
-	load := startWriteLoad(c, keys, 4)
+	// One writer goes through a gateway, which retries for its callers.
+	gw, err := gateway.New(gateway.Config{
+		ID: "gw", Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Etcd: []string{etcdURL}, Logger: discardLogger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Shutdown(context.Background()) })
+	if err := gw.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	viaGateway := kvv1connect.NewKVServiceClient(h2cClient(t), gw.APIURL(), connect.WithGRPC())
+	load := startWriteLoad(c, keys, 4, func(ctx context.Context, key, value string) error {
+		_, err := viaGateway.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte(value)}))
+		return err
+	})
 	time.Sleep(300 * time.Millisecond)
 
 	// Scale out.
