@@ -27,6 +27,7 @@ import (
 // its own keys, and remembers every key's last acknowledged value.
 type writeLoad struct {
 	mu     sync.Mutex
+	slow   []time.Duration // the latencies of writes over 10 ms
 	acked  map[string]string
 	failed []error
 	writes atomic.Int64
@@ -80,6 +81,7 @@ func startWriteLoad(c *client.Client, keys []string, writers int, extra ...putte
 				}
 				value := fmt.Sprintf("w%d-%d", g, seq)
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				began := time.Now()
 				var err error
 				if g == 0 && seq%2 == 0 {
 					// The first writer's new keys go in Batches, with a
@@ -105,6 +107,9 @@ func startWriteLoad(c *client.Client, keys []string, writers int, extra ...putte
 				}
 				cancel()
 				w.mu.Lock()
+				if took := time.Since(began); took > 10*time.Millisecond {
+					w.slow = append(w.slow, took)
+				}
 				if err != nil {
 					w.failed = append(w.failed, fmt.Errorf("put %s: %w", key, err))
 				} else {
@@ -228,7 +233,9 @@ func TestScaleOutAndInUnderLoad(t *testing.T) {
 	for _, err := range failed {
 		t.Error(err)
 	}
-	t.Logf("%d writes acknowledged during the test (%d before the join finished)", load.writes.Load(), writesAtJoin)
+	slices.Sort(load.slow)
+	t.Logf("%d writes acknowledged during the test (%d before the join finished); %d SDK writes took over 10 ms, the slowest %v",
+		load.writes.Load(), writesAtJoin, len(load.slow), load.slow[max(len(load.slow)-5, 0):])
 
 	// Every acknowledged write reads back.
 	check := slices.Clone(keys)

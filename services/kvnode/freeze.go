@@ -29,6 +29,7 @@ type freeze struct {
 	epoch  int64
 	lease  clientv3.LeaseID
 	moving func(string) bool
+	since  time.Time
 	stopc  chan struct{} // closed when a newer freeze for the target replaces this one
 }
 
@@ -117,7 +118,7 @@ func (s *handoffService) Freeze(ctx context.Context, req *connect.Request[cluste
 	if ttl.TTL <= 0 {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("lease %x is not alive", msg.GetLeaseId()))
 	}
-	f := &freeze{target: msg.GetTarget(), epoch: msg.GetEpoch(), lease: lease, moving: moving, stopc: make(chan struct{})}
+	f := &freeze{target: msg.GetTarget(), epoch: msg.GetEpoch(), lease: lease, moving: moving, since: time.Now(), stopc: make(chan struct{})}
 	fz := &s.router.freezes
 	fz.mu.Lock()
 	if old := fz.active[f.target]; old != nil {
@@ -200,7 +201,8 @@ func (s *handoffService) unfreeze(f *freeze, why string) {
 		delete(fz.active, f.target)
 	}
 	fz.mu.Unlock()
-	s.router.logger().Info("freeze ended", slog.String("target", f.target), slog.Int64("epoch", f.epoch), slog.String("why", why))
+	s.router.logger().Info("freeze ended", slog.String("target", f.target), slog.Int64("epoch", f.epoch), slog.String("why", why),
+		slog.Duration("held", time.Since(f.since)))
 }
 
 func sortedCopy(ids []string) []string {
