@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -97,9 +98,18 @@ func TestInternalEventsAreNotPublished(t *testing.T) {
 		return rev == 1 || rev%5 == 0 || rev%7 == 0 || (rev >= 20 && rev <= 27)
 	}
 	appendMarked(src, 30, mixed)
+	var (
+		mu          sync.Mutex
+		checkpoints []int64
+	)
 	h := newRelay(t, cdc.Config{
 		URL: broker, NodeID: node, Exchange: exchange, Queue: queue, Window: 4,
 		CheckpointDir: t.TempDir(), CheckpointInterval: 20 * time.Millisecond,
+		OnCheckpoint: func(rev int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			checkpoints = append(checkpoints, rev)
+		},
 	}, src)
 	h.relay.Start()
 	eventually(t, "connected", func() bool { return h.metric(t, "flux_cdc_connected") == 1 })
@@ -166,6 +176,20 @@ func TestInternalEventsAreNotPublished(t *testing.T) {
 		}
 	}
 	eventually(t, "no lag in revisions", func() bool { return h.metric(t, "flux_cdc_lag_revisions") == 0 })
+	// The checkpoint only moves forward: an internal event never takes it
+	// past a published one still in flight, which a later confirm would
+	// then take it back to.
+	mu.Lock()
+	defer mu.Unlock()
+	if len(checkpoints) == 0 || checkpoints[len(checkpoints)-1] != last {
+		t.Errorf("OnCheckpoint saw %v, want revisions ending at %d", checkpoints, last)
+	}
+	for i := 1; i < len(checkpoints); i++ {
+		if checkpoints[i] <= checkpoints[i-1] {
+			t.Errorf("OnCheckpoint saw %v: %d after %d", checkpoints, checkpoints[i], checkpoints[i-1])
+			break
+		}
+	}
 }
 
 // TestLagClearsAfterInternalEvents: once the relay has confirmed its way

@@ -249,6 +249,10 @@ func (r *Relay) session() (connected, progress bool, err error) {
 				} else {
 					r.confirmed.Store(ev.Revision)
 					progress = true
+					// Nothing is outstanding but what is queued: the lag
+					// in seconds must not stay at a batch that was all
+					// internal.
+					r.setOldest(pending, queue)
 				}
 				continue
 			}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -311,4 +312,65 @@ func TestScaleOutAndInUnderLoad(t *testing.T) {
 			t.Errorf("%s routes by epoch %d, want %d", st.GetNodeId(), st.GetEpoch(), shrunk.Epoch)
 		}
 	}
+}
+
+// TestClusterWatchEndsWhenMembersChange: a watch of the whole cluster reads
+// one part per member, so when a node joins it ends with UNAVAILABLE, and
+// resuming it from its last token covers the new member too.
+func TestClusterWatchEndsWhenMembersChange(t *testing.T) {
+	t.Parallel()
+	etcdURL, nodes := startCluster(t, 3)
+	etcd := etcdClient(t, etcdURL)
+	api := kvv1connect.NewKVServiceClient(h2cClient(t), nodes[0].APIURL())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before := waitForEpoch(t, etcd, 3)
+	stream, err := api.Watch(ctx, connect.NewRequest(&kvv1.WatchRequest{Target: &kvv1.WatchRequest_Prefix{Prefix: ""}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if !stream.Receive() {
+		t.Fatalf("no first response: %v", stream.Err())
+	}
+	token := stream.Msg().GetResumeToken()
+	joiner, err := kvnode.New(withTestDefaults(kvnode.Config{
+		NodeID: "node-4", DataDir: t.TempDir(), Etcd: []string{etcdURL}, LeaseTTL: 2 * time.Second, Join: true,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = joiner.Shutdown(context.Background()) })
+	if err := joiner.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitForEpoch(t, etcd, before.Epoch+1)
+	for stream.Receive() {
+		token = stream.Msg().GetResumeToken()
+	}
+	if err := stream.Err(); connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "members changed") {
+		t.Fatalf("the watch ended with %v, want unavailable saying the members changed", err)
+	}
+	// Resumed, it follows node-4 as well: a key it owns now shows.
+	r4, _ := ring.New([]string{"node-1", "node-2", "node-3", "node-4"})
+	key := keyOwnedBy(r4, "node-4", "after")
+	resumed, err := api.Watch(ctx, connect.NewRequest(&kvv1.WatchRequest{Target: &kvv1.WatchRequest_Prefix{Prefix: ""}, ResumeToken: token}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resumed.Close()
+	if _, err := api.Put(ctx, connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte("v")})); err != nil {
+		t.Fatal(err)
+	}
+	for resumed.Receive() {
+		for _, ev := range resumed.Msg().GetEvents() {
+			if ev.GetKey() == key {
+				if ev.GetNodeId() != "node-4" || ev.GetEpoch() != before.Epoch+1 {
+					t.Errorf("the change of %s came from %s at epoch %d, want node-4 at %d", key, ev.GetNodeId(), ev.GetEpoch(), before.Epoch+1)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("the resumed watch ended before the change of %s: %v", key, resumed.Err())
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -79,7 +80,7 @@ func (h *handler) coordinateWatch(ctx context.Context, c *cluster, msg *kvv1.Wat
 		}
 	}()
 	items := make(chan watchItem, h.watch.buffer)
-	errc := make(chan error, len(members))
+	errc := make(chan error, len(members)+1)
 	if slices.Contains(members, h.router.self) {
 		after := h.events.Durable()
 		if resuming {
@@ -102,6 +103,7 @@ func (h *handler) coordinateWatch(ctx context.Context, c *cluster, msg *kvv1.Wat
 		}
 		wg.Go(func() { errc <- fromNode(p.id, h.readRemote(ctx, p.id, p.client, req, items)) })
 	}
+	wg.Go(func() { errc <- untilMembersChange(ctx, c, members) })
 	s := newWatchSender(h.watch, stream, local, start, remoteIDs)
 	return watchError(s.run(ctx, items, errc))
 }
@@ -151,4 +153,30 @@ func fromNode(id string, err error) error {
 		named.AddDetail(d)
 	}
 	return named
+}
+
+// membersCheckInterval is how often a watch of the whole cluster checks
+// that the ring's members are still those it watches.
+const membersCheckInterval = 250 * time.Millisecond
+
+// untilMembersChange returns, once the ring's members differ from members,
+// the error that ends a watch of the whole cluster: after a node joined or
+// left, keys that moved have their changes on nodes the watch does not
+// read. The client resumes with its last token, and the new watch covers
+// the new members (a member the token does not name from its first change;
+// the copies it received are not changes). It returns nil when ctx ends.
+func untilMembersChange(ctx context.Context, c *cluster, members []string) error {
+	t := time.NewTicker(membersCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if v := c.view.Load(); !slices.Equal(v.ring.Members(), members) {
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+				"the cluster's members changed (ring epoch %d): resume the watch with the last resume_token to follow every member", v.epoch))
+		}
+	}
 }
