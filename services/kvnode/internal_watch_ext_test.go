@@ -10,10 +10,10 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/fluxkv/fluxkv/client"
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
-	"github.com/fluxkv/fluxkv/client"
 	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/ring"
 	"github.com/fluxkv/fluxkv/services/kvnode"
