@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,9 +29,9 @@ type clusterTarget struct {
 type changer interface {
 	remove(ctx context.Context, id string) (*changeStatus, error)
 	abort(ctx context.Context, epoch int64) error
-	// epoch returns the ring's epoch and the change in progress (nil when
-	// none).
-	epoch(ctx context.Context) (int64, *changeStatus, error)
+	// ring returns the current ring's epoch and members and the change in
+	// progress (nil when none).
+	ring(ctx context.Context) (int64, []string, *changeStatus, error)
 	close()
 }
 
@@ -61,20 +62,23 @@ func (e etcdChanger) abort(ctx context.Context, epoch int64) error {
 	return discovery.AbortChange(ctx, e.c, epoch)
 }
 
-func (e etcdChanger) epoch(ctx context.Context) (int64, *changeStatus, error) {
+func (e etcdChanger) ring(ctx context.Context) (int64, []string, *changeStatus, error) {
 	cur, err := discovery.ReadCurrent(ctx, e.c)
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
-	var epoch int64
+	var (
+		epoch   int64
+		members []string
+	)
 	if cur != nil {
-		epoch = cur.Epoch
+		epoch, members = cur.Epoch, cur.Members
 	}
 	next, err := discovery.ReadNext(ctx, e.c)
 	if err != nil || next == nil {
-		return epoch, nil, err
+		return epoch, members, nil, err
 	}
-	return epoch, statusOf(next), nil
+	return epoch, members, statusOf(next), nil
 }
 
 func (e etcdChanger) close() { e.c.Close() }
@@ -105,15 +109,15 @@ func (g *gatewayChanger) abort(ctx context.Context, epoch int64) error {
 	return err
 }
 
-func (g *gatewayChanger) epoch(ctx context.Context) (int64, *changeStatus, error) {
+func (g *gatewayChanger) ring(ctx context.Context) (int64, []string, *changeStatus, error) {
 	resp, err := g.client.Status(ctx, connect.NewRequest(&clusterv1.StatusRequest{}))
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, nil, err
 	}
 	if resp.Msg.GetChange() == nil {
-		return resp.Msg.GetEpoch(), nil, nil
+		return resp.Msg.GetEpoch(), resp.Msg.GetRingMembers(), nil, nil
 	}
-	return resp.Msg.GetEpoch(), changeOf(resp.Msg.GetChange()), nil
+	return resp.Msg.GetEpoch(), resp.Msg.GetRingMembers(), changeOf(resp.Msg.GetChange()), nil
 }
 
 func (g *gatewayChanger) close() { g.httpc() }
@@ -149,16 +153,18 @@ func removeNode(env *environment, t clusterTarget, id string, wait time.Duration
 	deadline := time.Now().Add(wait)
 	for {
 		ctx, cancel := context.WithTimeout(env.ctx, t.timeout)
-		epoch, next, err := ch.epoch(ctx)
+		epoch, members, next, err := ch.ring(ctx)
 		cancel()
+		// Decided by the ring itself: another change may reuse the epoch of
+		// one that was aborted.
 		switch {
 		case err != nil:
 			fmt.Fprintf(env.stderr, "flux cluster remove-node: %v (still waiting)\n", err)
-		case epoch >= change.Epoch:
+		case epoch >= change.Epoch && !slices.Contains(members, id):
 			fmt.Fprintf(env.stdout, "removed %s: the ring is at epoch %d; stop the node when you like, it holds no keys\n", id, epoch)
 			return exitOK
-		case next == nil || next.Epoch != change.Epoch:
-			fmt.Fprintf(env.stderr, "flux cluster remove-node: the change to epoch %d was abandoned; the ring stays at epoch %d\n", change.Epoch, epoch)
+		case next == nil || next.Remove != id:
+			fmt.Fprintf(env.stderr, "flux cluster remove-node: the removal of %s was abandoned; the ring is at epoch %d with %s on it\n", id, epoch, id)
 			return exitError
 		}
 		if time.Now().After(deadline) {

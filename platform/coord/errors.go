@@ -109,9 +109,12 @@ func Epoch(err error) int64 {
 
 // RerouteBudget bounds how long a client or the gateway keeps sending a
 // request again while its key moves between nodes (refusals with MOVING or
-// NOT_OWNER). A move normally pauses a key for one etcd transaction; a
-// target that dies holds it for its lease's TTL (10 s) at most.
-const RerouteBudget = 15 * time.Second
+// NOT_OWNER). A move normally pauses a key for milliseconds (the target
+// applies the last changes, writes its log and flips the ring in etcd). At
+// worst a target holds its sources frozen for its drain (5 s) and its wait
+// for the other targets of a removal (5 s) before it lets them go, or, if
+// it dies, until its lease expires (10 s).
+const RerouteBudget = 30 * time.Second
 
 // MovingBackoff is the pause before the attempt-th retry (from 0) of a
 // request refused with MOVING: short at first, as a freeze usually ends

@@ -80,6 +80,7 @@ type changeState struct {
 	ring       ringState
 	next       *RingRecord // nil when absent
 	nextModRev int64
+	nextID     int64 // RingNextKey's create revision: the change's identity
 }
 
 func readChange(ctx context.Context, client *clientv3.Client) (changeState, error) {
@@ -97,7 +98,7 @@ func readChange(ctx context.Context, client *clientv3.Client) (changeState, erro
 		if err != nil {
 			return changeState{}, fmt.Errorf("ring record %s: %w", RingNextKey, err)
 		}
-		cs.next, cs.nextModRev = next, resp.Kvs[0].ModRevision
+		cs.next, cs.nextModRev, cs.nextID = next, resp.Kvs[0].ModRevision, resp.Kvs[0].CreateRevision
 	}
 	return cs, nil
 }
@@ -202,21 +203,61 @@ func BeginRemove(ctx context.Context, client *clientv3.Client, id string) (*Ring
 	return nil, fmt.Errorf("remove member %s: %w", id, ErrRingBusy)
 }
 
+// Ready is the value of a target's ready key: the change it is ready for
+// and the incarnation of each source it froze.
+type Ready struct {
+	// Change is the create revision of the RingNextKey it is ready for.
+	Change int64 `json:"change"`
+	// Sources maps the instance key of each source it froze to that key's
+	// mod revision when it froze it: a source that restarted since has
+	// registered again, lost its freeze, and may have taken writes the
+	// target does not hold, so Flip requires every one unchanged.
+	Sources map[string]int64 `json:"sources"`
+}
+
+// Incarnation returns the mod revision of an instance key (see Ready),
+// read from etcd; an error if the instance is not registered.
+func Incarnation(ctx context.Context, client *clientv3.Client, instanceKey string) (int64, error) {
+	resp, err := client.Get(ctx, instanceKey)
+	if err != nil {
+		return 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, fmt.Errorf("%s is not registered", instanceKey)
+	}
+	return resp.Kvs[0].ModRevision, nil
+}
+
+// ClearReady deletes target's ready key for the change whose RingNextKey
+// has create revision change, and reports whether that change is still in
+// progress. A target calls it before it starts (again) to copy: a ready key
+// left by an earlier attempt must not let the change flip while the target
+// copies anew.
+func ClearReady(ctx context.Context, client *clientv3.Client, change, epoch int64, target string) (bool, error) {
+	resp, err := client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(RingNextKey), "=", change)).
+		Then(clientv3.OpDelete(ReadyKey(epoch, target))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("clear the ready key of %s: %w", target, err)
+	}
+	return resp.Succeeded, nil
+}
+
 // MarkReady records that target holds every key moving to it for the
-// change to the ring of epoch, under lease: the record goes with the lease,
-// so a target that dies no longer counts as ready. It fails with
+// change whose RingNextKey has create revision change (the ring of epoch),
+// having frozen the sources in ready, under lease: the record goes with the
+// lease, so a target that dies no longer counts as ready. It fails with
 // ErrOtherChange when that change is no longer in progress.
-func MarkReady(ctx context.Context, client *clientv3.Client, epoch int64, target string, lease clientv3.LeaseID) error {
-	cs, err := readChange(ctx, client)
+func MarkReady(ctx context.Context, client *clientv3.Client, change, epoch int64, target string, ready Ready, lease clientv3.LeaseID) error {
+	ready.Change = change
+	value, err := json.Marshal(ready)
 	if err != nil {
 		return err
 	}
-	if cs.next == nil || cs.next.Epoch != epoch {
-		return ErrOtherChange
-	}
 	resp, err := client.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(RingNextKey), "=", cs.nextModRev)).
-		Then(clientv3.OpPut(ReadyKey(epoch, target), time.Now().UTC().Format(time.RFC3339Nano), clientv3.WithLease(lease))).
+		If(clientv3.Compare(clientv3.CreateRevision(RingNextKey), "=", change)).
+		Then(clientv3.OpPut(ReadyKey(epoch, target), string(value), clientv3.WithLease(lease))).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("record that %s is ready: %w", target, err)
@@ -227,27 +268,43 @@ func MarkReady(ctx context.Context, client *clientv3.Client, epoch int64, target
 	return nil
 }
 
-// Flip ends the change to the ring of epoch once every target is ready:
-// in one transaction that checks both ring records and every target's
-// ready key, RingCurrentKey becomes the next ring, RingNextKey and the
-// ready keys go, and the member joining is recorded (or the one leaving
-// deleted). It reports false, with no error, while a target is not ready;
-// ErrOtherChange when the change is no longer in progress (flipped by
-// another target, or aborted).
-func Flip(ctx context.Context, client *clientv3.Client, epoch int64) (bool, error) {
+// Flip ends the change whose RingNextKey has create revision change once
+// every target is ready: in one transaction that checks both ring records,
+// every target's ready key for this change, and that no source a target
+// froze has restarted since, RingCurrentKey becomes the next ring,
+// RingNextKey and the ready keys go, and the member joining is recorded (or
+// the one leaving deleted). It reports false, with no error, while a target
+// is not ready; ErrOtherChange when the change is no longer in progress
+// (flipped by another target, or aborted).
+func Flip(ctx context.Context, client *clientv3.Client, change int64) (bool, error) {
 	cs, err := readChange(ctx, client)
 	if err != nil {
 		return false, err
 	}
-	if cs.next == nil || cs.next.Epoch != epoch {
+	if cs.next == nil || cs.nextID != change {
 		return false, ErrOtherChange
 	}
+	epoch := cs.next.Epoch
 	cmps := []clientv3.Cmp{
 		cs.ring.unchanged(),
 		clientv3.Compare(clientv3.ModRevision(RingNextKey), "=", cs.nextModRev),
 	}
 	for _, t := range Targets(&cs.ring.record, cs.next) {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(ReadyKey(epoch, t)), ">", 0))
+		resp, err := client.Get(ctx, ReadyKey(epoch, t), clientv3.WithRev(cs.ring.rev))
+		if err != nil {
+			return false, fmt.Errorf("read the ready key of %s: %w", t, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return false, nil
+		}
+		var ready Ready
+		if err := json.Unmarshal(resp.Kvs[0].Value, &ready); err != nil || ready.Change != change {
+			return false, nil // left by an earlier change, or not ours
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(ReadyKey(epoch, t)), "=", resp.Kvs[0].ModRevision))
+		for key, rev := range ready.Sources {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", rev))
+		}
 	}
 	value, err := json.Marshal(RingRecord{Epoch: cs.next.Epoch, Members: cs.next.Members})
 	if err != nil {
@@ -314,6 +371,17 @@ func ReadCurrent(ctx context.Context, client *clientv3.Client) (*RingRecord, err
 		return nil, nil
 	}
 	return &cs.ring.record, nil
+}
+
+// ReadChange reads RingNextKey from etcd with its create revision, which
+// identifies the change (see Snapshot.NextRevision): nil and 0 when no
+// change is in progress.
+func ReadChange(ctx context.Context, client *clientv3.Client) (*RingRecord, int64, error) {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return nil, 0, err
+	}
+	return cs.next, cs.nextID, nil
 }
 
 // ReadNext reads RingNextKey from etcd: nil when no change is in progress.

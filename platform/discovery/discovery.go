@@ -110,6 +110,10 @@ type Snapshot struct {
 	HoldsData bool                           // DataKey exists
 	Current   *RingRecord                    // RingCurrentKey; nil until written (a cluster not migrated yet)
 	Next      *RingRecord                    // RingNextKey; nil unless a change is in progress
+	// NextRevision is RingNextKey's create revision: it identifies the
+	// change in progress, which its epoch does not (a change begun after
+	// another was aborted gets the same epoch).
+	NextRevision int64
 	Gateways  map[string]Instance            // live gateways, by id
 	Members   map[string]Member              // by id
 	Instances map[string]map[string]Instance // by service, then instance id
@@ -171,7 +175,7 @@ func (s *Snapshot) Services() []string {
 
 func (s *Snapshot) clone() *Snapshot {
 	// The ring records are never modified once parsed, so they are shared.
-	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Current: s.Current, Next: s.Next, Gateways: maps.Clone(s.Gateways), Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
+	c := &Snapshot{Revision: s.Revision, HoldsData: s.HoldsData, Current: s.Current, Next: s.Next, NextRevision: s.NextRevision, Gateways: maps.Clone(s.Gateways), Members: make(map[string]Member, len(s.Members)), Instances: make(map[string]map[string]Instance, len(s.Instances))}
 	for id, m := range s.Members {
 		c.Members[id] = m
 	}
@@ -185,10 +189,11 @@ func (s *Snapshot) clone() *Snapshot {
 	return c
 }
 
-// apply records one key's new value (nil: deleted). Keys that are not ours
-// or do not parse are ignored: the prefixes are public and a bad entry from
-// someone else must not break discovery.
-func (s *Snapshot) apply(key string, value []byte) error {
+// apply records one key's new value (nil: deleted), created at etcd
+// revision createRev. Keys that are not ours or do not parse are ignored:
+// the prefixes are public and a bad entry from someone else must not break
+// discovery.
+func (s *Snapshot) apply(key string, value []byte, createRev int64) error {
 	switch {
 	case key == DataKey:
 		s.HoldsData = value != nil
@@ -205,7 +210,10 @@ func (s *Snapshot) apply(key string, value []byte) error {
 		if key == RingCurrentKey {
 			s.Current = r
 		} else {
-			s.Next = r
+			s.Next, s.NextRevision = r, 0
+			if r != nil {
+				s.NextRevision = createRev
+			}
 		}
 	case strings.HasPrefix(key, GatewaysPrefix):
 		id := strings.TrimPrefix(key, GatewaysPrefix)

@@ -241,7 +241,8 @@ func RemoveMember(ctx context.Context, client *clientv3.Client, id string) error
 			}
 			ops = append(ops, op)
 		}
-		resp, err := client.Txn(ctx).If(st.unchanged()).Then(ops...).Commit()
+		// Not during a change: its next ring was built on this one.
+		resp, err := client.Txn(ctx).If(st.unchanged(), clientv3.Compare(clientv3.CreateRevision(RingNextKey), "=", 0)).Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("remove member %s: %w", id, err)
 		}

@@ -109,7 +109,7 @@ func (w *Watcher) load(ctx context.Context) (*Snapshot, error) {
 	}
 	s := &Snapshot{Revision: resp.Header.Revision, Members: map[string]Member{}, Instances: map[string]map[string]Instance{}}
 	for _, kv := range resp.Kvs {
-		if err := s.apply(string(kv.Key), kv.Value); err != nil {
+		if err := s.apply(string(kv.Key), kv.Value, kv.CreateRevision); err != nil {
 			w.logger.Warn("ignoring a discovery entry", slog.Any("error", err))
 		}
 	}
@@ -169,7 +169,7 @@ func (w *Watcher) watch(ctx context.Context) error {
 			if ev.Type == clientv3.EventTypePut {
 				value = ev.Kv.Value
 			}
-			if err := next.apply(string(ev.Kv.Key), value); err != nil {
+			if err := next.apply(string(ev.Kv.Key), value, ev.Kv.CreateRevision); err != nil {
 				w.logger.Warn("ignoring a discovery entry", slog.Any("error", err))
 			}
 		}

@@ -60,7 +60,7 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the gateway has not read the cluster's state from etcd yet"))
 	}
 	states := g.breakers.States()
-	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData, Epoch: snap.Epoch()}
+	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData, Epoch: snap.Epoch(), RingMembers: snap.RingMembers()}
 	ids := snap.RingMembers()
 	if snap.Next != nil {
 		resp.Change = ringChange(snap.Next)

@@ -73,10 +73,11 @@ type cluster struct {
 
 // view is the ring, its epoch and the etcd revision it was built from.
 type view struct {
-	ring  *ring.Ring
-	next  *ring.Ring // the ring a change in progress leads to; nil when none
-	epoch int64      // 0 while the cluster has no ring record (not migrated yet)
-	rev   int64
+	ring   *ring.Ring
+	next   *ring.Ring // the ring a change in progress leads to; nil when none
+	nextID int64      // the change in progress (discovery.Snapshot.NextRevision); 0 when none
+	epoch  int64      // 0 while the cluster has no ring record (not migrated yet)
+	rev    int64
 }
 
 // join records the node as a member, starts watching the cluster and
@@ -307,16 +308,20 @@ func (c *cluster) rebuild(snap *discovery.Snapshot) error {
 			}
 		}
 	}
-	if old != nil && r == old.ring && next == old.next {
+	var nextID int64
+	if next != nil {
+		nextID = snap.NextRevision
+	}
+	if old != nil && r == old.ring && next == old.next && nextID == old.nextID {
 		// Same rings, newer revision: a member removed and added again
 		// under its id must not leave markData comparing against the
 		// revision before that.
 		if snap.Revision > old.rev {
-			c.view.Store(&view{ring: r, next: next, epoch: epoch, rev: snap.Revision})
+			c.view.Store(&view{ring: r, next: next, nextID: nextID, epoch: epoch, rev: snap.Revision})
 		}
 		return nil
 	}
-	c.view.Store(&view{ring: r, next: next, epoch: epoch, rev: snap.Revision})
+	c.view.Store(&view{ring: r, next: next, nextID: nextID, epoch: epoch, rev: snap.Revision})
 	if next != nil {
 		c.logger.Info("ring updated", slog.Int64("epoch", epoch), slog.Any("members", ids),
 			slog.Int64("next_epoch", snap.Next.Epoch), slog.Any("next_members", snap.Next.Members))

@@ -63,6 +63,22 @@ func (r *router) admit(key string) (release func(), err error) {
 	return r.freezes.mu.RUnlock, nil
 }
 
+// readable says whether a read of key may be served here: not while it is
+// frozen for a move, because the ring may flip (and the key's new owner take
+// writes) before this node sees it, and the value here would then be stale.
+// The freeze ends once this node routes by the new ring.
+func (r *router) readable(key string) error {
+	r.freezes.mu.RLock()
+	defer r.freezes.mu.RUnlock()
+	for _, f := range r.freezes.active {
+		if f.moving(key) {
+			return coord.NotExecuted(coord.ReasonMoving, r.self, fmt.Errorf(
+				"node %s: key is moving to node %s (ring epoch %d); retry shortly", r.self, f.target, f.epoch))
+		}
+	}
+	return nil
+}
+
 // notOwner is the refusal of a request for a key that owner has, by the
 // ring of epoch: the client refreshes its ring and retries.
 func notOwner(self, owner string, epoch int64) *connect.Error {

@@ -61,6 +61,9 @@ func (h *handler) Get(ctx context.Context, req *connect.Request[kvv1.GetRequest]
 		}
 		return connect.NewResponse(resp.Msg), nil
 	}
+	if err := h.router.readable(req.Msg.GetKey()); err != nil {
+		return nil, err
+	}
 	return connect.NewResponse(h.get(req.Msg)), nil
 }
 
@@ -324,9 +327,16 @@ func (h *handler) reserve(ctx context.Context, key string) error {
 }
 
 // applyAdmitted runs op like apply once the router admits it: a write to a
-// key frozen for a move, or that this node no longer owns, fails alone.
+// key frozen for a move, or that this node no longer owns, fails alone, and
+// so does a read of a frozen key.
 func (h *handler) applyAdmitted(op *kvv1.Operation) (*kvv1.OperationResult, int64) {
-	if op.GetGet() != nil || op == nil {
+	if op == nil {
+		return h.apply(op)
+	}
+	if op.GetGet() != nil {
+		if err := h.router.readable(op.GetGet().GetKey()); err != nil {
+			return errorResult(err), 0
+		}
 		return h.apply(op)
 	}
 	release, err := h.router.admit(coord.OperationKey(op))

@@ -116,10 +116,10 @@ func (a *applier) apply(msg *clusterv1.CopyResponse) error {
 		}
 		a.reached.Store(max(a.last, item.Changes.GetRevision(), a.reached.Load()))
 		a.head.Store(max(a.head.Load(), item.Changes.GetSourceRevision()))
-		// Caught up: the source sent this with nothing queued behind it, or
-		// while its reader was close behind its last revision. Under a
-		// steady load the first may never happen.
-		if len(item.Changes.GetEvents()) == 0 || item.Changes.GetSourceRevision()-item.Changes.GetRevision() <= catchUpRevisions {
+		// Caught up: the source's reader was close behind its last
+		// revision when it sent this (an idle source reports its position,
+		// which then is its last revision).
+		if item.Changes.GetSourceRevision()-item.Changes.GetRevision() <= catchUpRevisions {
 			a.caughtUp.Store(true)
 		}
 	default:

@@ -412,6 +412,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
 		}
 		dcancel()
+		// A move of keys to this node stops while etcd is still reachable,
+		// so its lease is revoked and its sources take writes again at once.
+		n.mover.stop()
+		if n.moverDone != nil {
+			<-n.moverDone
+		}
 		if !n.apiServing.Load() {
 			// Start failed before serving: Shutdown of a server that never
 			// served would leave the listener open.
@@ -421,9 +427,6 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		}
 		if err := n.router.leave(); err != nil {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
-		}
-		if n.moverDone != nil {
-			<-n.moverDone
 		}
 		// The admin port goes last so /healthz and /metrics stay readable while
 		// calls drain.

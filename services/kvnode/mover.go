@@ -30,10 +30,11 @@ const (
 	// readyWait bounds how long a ready target waits for the other targets
 	// of a removal before it lets its sources go and starts again, so one
 	// target that cannot finish does not hold writes up indefinitely.
-	readyWait = 15 * time.Second
+	readyWait = 5 * time.Second
 	// drainWait bounds how long a target waits to apply its sources'
-	// changes up to their freeze revisions.
-	drainWait = 15 * time.Second
+	// changes up to their freeze revisions (at most catchUpRevisions each
+	// when it froze them).
+	drainWait = 5 * time.Second
 	// moveRetry is the pause before a copy or a move is tried again.
 	moveRetry = 500 * time.Millisecond
 	// movePoll is how often a target checks its copies' progress.
@@ -57,12 +58,20 @@ type mover struct {
 	mu      sync.Mutex
 	sources map[string]*sourceCopy // the current move's copies, by source; for Stats
 	attempt atomic.Int64           // the epoch of the move in progress; 0 when none
+
+	stopOnce sync.Once
+	stopc    chan struct{} // closed by stop
 }
+
+// stop makes run return (after its move, if any, has stopped): the node is
+// leaving. Call it while the cluster's etcd client still works, so that the
+// move's lease is revoked and its sources let go at once.
+func (m *mover) stop() { m.stopOnce.Do(func() { close(m.stopc) }) }
 
 func newMover(n *Node) *mover {
 	return &mover{
 		self: n.cfg.NodeID, store: n.store, dur: n.durability(), now: n.cfg.Clock, metrics: n.handoffMetrics,
-		logger: n.cfg.Logger,
+		logger: n.cfg.Logger, stopc: make(chan struct{}),
 	}
 }
 
@@ -73,13 +82,19 @@ func (m *mover) run(c *cluster) {
 	var (
 		job     context.CancelFunc
 		jobDone chan struct{}
-		epoch   int64
+		change  int64 // the change the job moves keys for (Snapshot.NextRevision)
 	)
 	stop := func() {
 		if job != nil {
 			job()
 			<-jobDone
-			job, jobDone, epoch = nil, nil, 0
+			job, jobDone, change = nil, nil, 0
+			// What the stopped job copied after the last sweep goes now,
+			// unless the ring says this node keeps it.
+			select {
+			case c.ringChanged <- struct{}{}:
+			default:
+			}
 		}
 	}
 	defer stop()
@@ -93,33 +108,41 @@ func (m *mover) run(c *cluster) {
 	for {
 		want := int64(0)
 		if snap.Current != nil && snap.Next != nil && slices.Contains(discovery.Targets(snap.Current, snap.Next), m.self) {
-			want = snap.Next.Epoch
+			want = snap.NextRevision
 		}
-		if epoch != want {
+		var recheck <-chan time.Time
+		if change != want {
 			stop()
-			if want != 0 {
+			// A move starts once the node's view has the change, so that the
+			// sweeper, which reads the view, keeps what the move copies.
+			if v := c.view.Load(); want != 0 && v.nextID != want {
+				recheck = time.After(movePoll)
+			} else if want != 0 {
 				ctx, cancel := context.WithCancel(context.Background())
-				job, jobDone, epoch = cancel, make(chan struct{}), want
+				job, jobDone, change = cancel, make(chan struct{}), want
 				cur, next := snap.Current, snap.Next
 				go func(done chan struct{}) {
 					defer close(done)
-					m.move(ctx, c, cur, next)
+					m.move(ctx, c, cur, next, want)
 				}(jobDone)
 			}
 		}
 		select {
 		case <-c.stopc:
 			return
+		case <-m.stopc:
+			return
 		case <-changed:
+			snap, changed = c.watcher.Current()
+		case <-recheck:
 		}
-		snap, changed = c.watcher.Current()
 	}
 }
 
 // move runs the move of keys to this node for the change from cur to next
 // until the ring flips (or ctx ends: the change was aborted or flipped by
 // another target), starting again after any failure.
-func (m *mover) move(ctx context.Context, c *cluster, cur, next *discovery.RingRecord) {
+func (m *mover) move(ctx context.Context, c *cluster, cur, next *discovery.RingRecord, change int64) {
 	m.attempt.Store(next.Epoch)
 	defer m.attempt.Store(0)
 	defer func() {
@@ -130,7 +153,7 @@ func (m *mover) move(ctx context.Context, c *cluster, cur, next *discovery.RingR
 	}()
 	m.logger.Info("moving keys to this node", slog.Int64("epoch", next.Epoch), slog.Any("sources", discovery.Sources(cur, next, m.self)))
 	for ctx.Err() == nil {
-		err := m.moveOnce(ctx, c, cur, next)
+		err := m.moveOnce(ctx, c, cur, next, change)
 		if err == nil {
 			return
 		}
@@ -146,7 +169,18 @@ func (m *mover) move(ctx context.Context, c *cluster, cur, next *discovery.RingR
 
 // moveOnce is one attempt at a move: copy, catch up, freeze, drain, mark
 // ready and flip. It returns nil once the change is no longer in progress.
-func (m *mover) moveOnce(ctx context.Context, c *cluster, cur, next *discovery.RingRecord) error {
+func (m *mover) moveOnce(ctx context.Context, c *cluster, cur, next *discovery.RingRecord, change int64) error {
+	// A ready key left by an earlier attempt (this process's, or one before
+	// a restart) would let the change flip while this one copies anew.
+	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	inProgress, err := discovery.ClearReady(rctx, c.client, change, next.Epoch, m.self)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if !inProgress {
+		return nil
+	}
 	lease, err := c.client.Grant(ctx, int64(moveLeaseTTL/time.Second))
 	if err != nil {
 		return fmt.Errorf("etcd lease: %w", err)
@@ -224,13 +258,23 @@ func (m *mover) moveOnce(ctx context.Context, c *cluster, cur, next *discovery.R
 		return err
 	}
 	// 2. Freeze the sources; each answers where its moving keys stopped.
+	// Each source's incarnation is read first: a source that restarts
+	// after this loses its freeze, and the flip then fails.
 	frozen := make([]int64, len(copies))
+	ready := discovery.Ready{Sources: map[string]int64{}}
 	for i, sc := range copies {
+		key := discovery.InstanceKey(kvv1connect.KVServiceName, sc.source)
+		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+		incarnation, err := discovery.Incarnation(rctx, c.client, key)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("source %s: %w", sc.source, err)
+		}
 		rev, err := sc.freeze(ctx, next.Epoch, lease.ID)
 		if err != nil {
 			return fmt.Errorf("freeze %s: %w", sc.source, err)
 		}
-		frozen[i] = rev
+		frozen[i], ready.Sources[key] = rev, incarnation
 		sc.state.Store(int32(clusterv1.HandoffState_HANDOFF_STATE_FROZEN))
 	}
 	// 3. Apply up to there; then nothing more comes, so the copies stop.
@@ -250,8 +294,8 @@ func (m *mover) moveOnce(ctx context.Context, c *cluster, cur, next *discovery.R
 	if err := m.dur.Wait(ctx, m.store.Revision()); err != nil {
 		return fmt.Errorf("make the copied keys durable: %w", err)
 	}
-	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	err = discovery.MarkReady(rctx, c.client, next.Epoch, m.self, lease.ID)
+	rctx, cancel = context.WithTimeout(ctx, etcdTimeout)
+	err = discovery.MarkReady(rctx, c.client, change, next.Epoch, m.self, ready, lease.ID)
 	cancel()
 	if errors.Is(err, discovery.ErrOtherChange) {
 		return nil
@@ -267,11 +311,11 @@ func (m *mover) moveOnce(ctx context.Context, c *cluster, cur, next *discovery.R
 	deadline := time.After(readyWait)
 	for {
 		snap, changed := c.watcher.Current()
-		if snap.Next == nil || snap.Next.Epoch != next.Epoch {
+		if snap.Next == nil || snap.NextRevision != change {
 			return nil
 		}
 		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-		flipped, err := discovery.Flip(rctx, c.client, next.Epoch)
+		flipped, err := discovery.Flip(rctx, c.client, change)
 		cancel()
 		switch {
 		case errors.Is(err, discovery.ErrOtherChange):
@@ -380,7 +424,7 @@ func (sc *sourceCopy) once(ctx context.Context, moving func(string) bool) error 
 	}
 	// What an earlier attempt copied may since have been deleted at the
 	// source, before the new snapshot: start from nothing.
-	if err := sc.m.purge(moving); err != nil {
+	if _, err := sc.m.purge(ctx, sc.c, func(_ *view, key string) bool { return moving(key) }); err != nil {
 		return err
 	}
 	a := newApplier(sc.m.store, sc.m.now)
@@ -426,47 +470,68 @@ func (sc *sourceCopy) client() (clusterv1connect.HandoffServiceClient, error) {
 		connect.WithGRPC(), connect.WithInterceptors(sc.c.clientInterceptors...)), nil
 }
 
-// purge drops the keys held here that match, as internal records.
-func (m *mover) purge(match func(string) bool) error {
-	var err error
+// purge drops, as internal records, the keys held here that match and that
+// this node does not own by the ring it routes by when it drops them (a key
+// it owns is never dropped, whatever the caller's idea of the rings), until
+// ctx ends. Each key's ownership is read as it is dropped, and the delete
+// requires the revision the walk saw: a key written since (a copy applied
+// under a newer view) stays.
+func (m *mover) purge(ctx context.Context, c *cluster, match func(v *view, key string) bool) (int, error) {
+	var (
+		err error
+		n   int
+	)
 	m.store.Range(func(e store.Entry) bool {
-		if match(e.Key) {
-			_, err = m.store.Delete(e.Key, store.IfRevision(e.ModRevision))
-			if errors.Is(err, store.ErrConditionFailed) {
-				err = nil
-			}
+		if err = ctx.Err(); err != nil {
+			return false
+		}
+		v := c.view.Load()
+		if v.ring.Owner(e.Key) == m.self || !match(v, e.Key) {
+			return true
+		}
+		_, err = m.store.Delete(e.Key, store.IfRevision(e.ModRevision))
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, store.ErrConditionFailed):
+			err = nil
 		}
 		return err == nil
 	})
-	return err
+	return n, err
 }
 
-// sweeper drops, whenever the node's ring changes, the keys this node owns in
+// sweeper drops, whenever the node's ring changes, the keys it owns in
 // neither the ring it routes by nor the next one. It runs until the node
 // leaves the cluster.
 func (m *mover) sweeper(c *cluster) {
-	for {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
 		select {
 		case <-c.stopc:
+		case <-m.stopc:
+		}
+		cancel()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
 			return
 		case <-c.ringChanged:
 		}
-		v := c.view.Load()
-		n := 0
-		err := m.purge(func(key string) bool {
-			drop := v.ring.Owner(key) != m.self && (v.next == nil || v.next.Owner(key) != m.self)
-			if drop {
-				n++
-			}
-			return drop
+		n, err := m.purge(ctx, c, func(v *view, key string) bool {
+			return v.next == nil || v.next.Owner(key) != m.self
 		})
 		if err != nil {
-			m.logger.Warn("drop keys this node no longer owns", slog.Any("error", err))
+			if ctx.Err() == nil {
+				m.logger.Warn("drop keys this node no longer owns", slog.Any("error", err))
+			}
 			continue
 		}
 		if n > 0 {
 			m.metrics.dropped.Add(float64(n))
-			m.logger.Info("dropped keys this node no longer owns", slog.Int("keys", n), slog.Int64("epoch", v.epoch))
+			m.logger.Info("dropped keys this node no longer owns", slog.Int("keys", n), slog.Int64("epoch", c.view.Load().epoch))
 		}
 	}
 }

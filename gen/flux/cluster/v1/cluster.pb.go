@@ -398,7 +398,10 @@ type StatusResponse struct {
 	Epoch int64 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	// change is the membership change in progress, if any: each member's
 	// stats then report the copies it receives (NodeStats.handoffs).
-	Change        *RingChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
+	Change *RingChange `protobuf:"bytes,7,opt,name=change,proto3" json:"change,omitempty"`
+	// ring_members are the member ids of the current ring (members above
+	// also lists a node that is joining).
+	RingMembers   []string `protobuf:"bytes,8,rep,name=ring_members,json=ringMembers,proto3" json:"ring_members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +481,13 @@ func (x *StatusResponse) GetEpoch() int64 {
 func (x *StatusResponse) GetChange() *RingChange {
 	if x != nil {
 		return x.Change
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetRingMembers() []string {
+	if x != nil {
+		return x.RingMembers
 	}
 	return nil
 }
@@ -779,7 +789,7 @@ const file_flux_cluster_v1_cluster_proto_rawDesc = "" +
 	"\amembers\x18\x02 \x03(\tR\amembers\x12\x10\n" +
 	"\x03add\x18\x03 \x01(\tR\x03add\x12\x16\n" +
 	"\x06remove\x18\x04 \x01(\tR\x06remove\"\x0f\n" +
-	"\rStatusRequest\"\xb8\x02\n" +
+	"\rStatusRequest\"\xdb\x02\n" +
 	"\x0eStatusResponse\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x01 \x01(\tR\tgatewayId\x121\n" +
@@ -789,7 +799,8 @@ const file_flux_cluster_v1_cluster_proto_rawDesc = "" +
 	"holds_data\x18\x04 \x01(\bR\tholdsData\x124\n" +
 	"\bcircuits\x18\x05 \x03(\v2\x18.flux.cluster.v1.CircuitR\bcircuits\x12\x14\n" +
 	"\x05epoch\x18\x06 \x01(\x03R\x05epoch\x123\n" +
-	"\x06change\x18\a \x01(\v2\x1b.flux.cluster.v1.RingChangeR\x06change\"\x85\x03\n" +
+	"\x06change\x18\a \x01(\v2\x1b.flux.cluster.v1.RingChangeR\x06change\x12!\n" +
+	"\fring_members\x18\b \x03(\tR\vringMembers\"\x85\x03\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04live\x18\x02 \x01(\bR\x04live\x12\x18\n" +
