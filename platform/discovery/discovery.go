@@ -107,16 +107,16 @@ func InstanceKey(service, id string) string { return ServicesPrefix + service + 
 // Snapshot is the cluster as of one etcd revision.
 type Snapshot struct {
 	Revision  int64
-	HoldsData bool                           // DataKey exists
-	Current   *RingRecord                    // RingCurrentKey; nil until written (a cluster not migrated yet)
-	Next      *RingRecord                    // RingNextKey; nil unless a change is in progress
+	HoldsData bool        // DataKey exists
+	Current   *RingRecord // RingCurrentKey; nil until written (a cluster not migrated yet)
+	Next      *RingRecord // RingNextKey; nil unless a change is in progress
 	// NextRevision is RingNextKey's create revision: it identifies the
 	// change in progress, which its epoch does not (a change begun after
 	// another was aborted gets the same epoch).
 	NextRevision int64
-	Gateways  map[string]Instance            // live gateways, by id
-	Members   map[string]Member              // by id
-	Instances map[string]map[string]Instance // by service, then instance id
+	Gateways     map[string]Instance            // live gateways, by id
+	Members      map[string]Member              // by id
+	Instances    map[string]map[string]Instance // by service, then instance id
 }
 
 // RingMembers returns the ids everyone must route by, sorted: the members
