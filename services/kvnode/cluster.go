@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
 	"github.com/fluxkv/fluxkv/platform/coord"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -110,7 +111,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 			HTTP2:       &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
 		}},
 		logger:             cfg.Logger,
-		clientInterceptors: cfg.ClientInterceptors,
+		clientInterceptors: append(slices.Clone(cfg.ClientInterceptors), auth.Bearer(cfg.PeerToken)),
 		peers:              map[string]kvv1connect.KVServiceClient{},
 		ringChanged:        make(chan struct{}, 1),
 		stopc:              make(chan struct{}),

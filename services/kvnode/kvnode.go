@@ -29,6 +29,7 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/cdc"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/discovery"
@@ -101,6 +102,13 @@ type Config struct {
 	CDCQueue     string        // durable queue to declare and bind to the flux.cdc exchange; empty declares none
 	CDCMaxLag    int64         // log loudly when the relay is this many revisions behind (0: no bound)
 	CDCMaxLagAge time.Duration // ... or its oldest unconfirmed event is this old (0: no bound)
+
+	// Auth, when set, is the token file every call to the node's services
+	// (not health, not reflection) must present a token of; PeerToken is
+	// the token the node sends on its calls to peers (forwarded requests,
+	// moving keys: it needs the admin scope).
+	Auth      *auth.File
+	PeerToken string
 
 	// Interceptors run on every API call before the node's own (tracing and
 	// the access log go here); ClientInterceptors on calls to peers.
@@ -279,7 +287,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	// Not serving until Start has joined the cluster.
 	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
 
-	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, validation)...)
+	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, auth.Interceptor(n.cfg.Auth), validation)...)
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
 		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
