@@ -19,6 +19,7 @@ import (
 	"github.com/fluxkv/fluxkv/client"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/auth"
 )
 
 // defaultEndpoint is the gateway's default address; a node's works too.
@@ -31,6 +32,7 @@ type clientFlags struct {
 	protocol string
 	timeout  time.Duration
 	json     bool
+	token    string
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
@@ -45,6 +47,7 @@ func (f *clientFlags) registerEndpoint(fs *flag.FlagSet) {
 	fs.StringVar(&f.endpoint, "endpoint", defaultEndpoint, "`URL` of a Flux-KV gateway or node")
 	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts")
+	fs.StringVar(&f.token, "token", "", "bearer `token` to send (Authorization: Bearer), for servers started with --auth-file; prefer FLUX_TOKEN, which stays out of the process list")
 }
 
 // httpClient speaks HTTP/2 to every endpoint: with prior knowledge (h2c) on
@@ -62,13 +65,14 @@ func httpClient() *http.Client {
 
 // clientOptions returns the connect options for the chosen protocol.
 func (f *clientFlags) clientOptions() ([]connect.ClientOption, error) {
+	opts := []connect.ClientOption{connect.WithInterceptors(auth.Bearer(f.token))}
 	switch f.protocol {
 	case "connect":
-		return nil, nil
+		return opts, nil
 	case "grpc":
-		return []connect.ClientOption{connect.WithGRPC()}, nil
+		return append(opts, connect.WithGRPC()), nil
 	case "grpcweb":
-		return []connect.ClientOption{connect.WithGRPCWeb()}, nil
+		return append(opts, connect.WithGRPCWeb()), nil
 	default:
 		return nil, fmt.Errorf("%w: --protocol %q: use connect, grpc or grpcweb", errUsage, f.protocol)
 	}

@@ -21,6 +21,7 @@ import (
 	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 )
 
@@ -33,6 +34,7 @@ func clusterCommand() *command {
 		wait     = 10 * time.Minute
 		epoch    int64
 		asJSON   bool
+		token    string
 	)
 	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster")
 	fs.StringVar(&endpoint, "endpoint", "", "`URL` of a gateway, instead of --etcd (remove-node and abort-change)")
@@ -40,6 +42,7 @@ func clusterCommand() *command {
 	fs.DurationVar(&wait, "wait", wait, "remove-node: how long to wait for the keys to move and the ring to flip; 0 returns once the change is recorded")
 	fs.Int64Var(&epoch, "epoch", 0, "abort-change: the epoch of the change to abandon, as status shows it")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON, for scripts")
+	fs.StringVar(&token, "token", "", "bearer `token` for nodes and gateways started with --auth-file (status needs read, remove-node and abort-change through --endpoint admin); prefer FLUX_TOKEN")
 	c := &command{
 		name: "cluster",
 		args: "status | remove-node ID | abort-change --epoch N",
@@ -61,14 +64,14 @@ func clusterCommand() *command {
 			}
 			ctx, cancel := context.WithTimeout(env.ctx, timeout)
 			defer cancel()
-			return clusterStatus(ctx, env, etcd, asJSON)
+			return clusterStatus(ctx, env, etcd, asJSON, token)
 		case args[0] == "remove-node" && len(args) == 2:
-			return removeNode(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout}, args[1], wait)
+			return removeNode(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token}, args[1], wait)
 		case args[0] == "abort-change" && len(args) == 1:
 			if epoch <= 1 {
 				return usageError(env, c.name, "abort-change needs --epoch, the epoch of the change in progress (see flux cluster status)")
 			}
-			return abortChange(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout}, epoch)
+			return abortChange(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token}, epoch)
 		}
 		return usageError(env, c.name, "want: flux cluster status | remove-node ID | abort-change --epoch N")
 	}
@@ -111,7 +114,7 @@ func (c *changeStatus) describe() string {
 	return "removing " + c.Remove
 }
 
-func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool) int {
+func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool, token string) int {
 	httpc := httpClient()
 	defer httpc.CloseIdleConnections()
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
@@ -154,7 +157,7 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 		m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
 		m.StartedAt = inst.StartedAt.Format(time.RFC3339)
 		wg.Go(func() {
-			if stats, err := nodeStats(ctx, httpc, inst.Address); err == nil {
+			if stats, err := nodeStats(ctx, httpc, inst.Address, token); err == nil {
 				n := stats.GetKeyCount()
 				m.Keys = &n
 				for _, h := range stats.GetHandoffs() {
@@ -248,10 +251,10 @@ const askTimeout = time.Second
 
 // nodeStats asks the node at addr (its API port) for its statistics,
 // within askTimeout.
-func nodeStats(ctx context.Context, httpc *http.Client, addr string) (*clusterv1.NodeStats, error) {
+func nodeStats(ctx context.Context, httpc *http.Client, addr, token string) (*clusterv1.NodeStats, error) {
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
-	client := clusterv1connect.NewNodeServiceClient(httpc, "http://"+addr, connect.WithGRPC())
+	client := clusterv1connect.NewNodeServiceClient(httpc, "http://"+addr, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(token)))
 	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
 		return nil, err

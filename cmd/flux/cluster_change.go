@@ -13,6 +13,7 @@ import (
 
 	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 )
 
@@ -22,6 +23,7 @@ type clusterTarget struct {
 	etcd     []string
 	endpoint string
 	timeout  time.Duration
+	token    string
 }
 
 // changer starts and follows membership changes through etcd or a
@@ -39,7 +41,7 @@ func (t clusterTarget) open(ctx context.Context) (changer, error) {
 	if t.endpoint != "" {
 		httpc := httpClient()
 		return &gatewayChanger{httpc: httpc.CloseIdleConnections,
-			client: clusterv1connect.NewClusterServiceClient(httpc, t.endpoint, connect.WithGRPC())}, nil
+			client: clusterv1connect.NewClusterServiceClient(httpc, t.endpoint, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(t.token)))}, nil
 	}
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: t.etcd, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/services/gateway"
@@ -28,6 +29,7 @@ func devCommand() *command {
 		gwListen    = gateway.DefaultListen
 		gwAdmin     = gateway.DefaultAdminListen
 		logLevel    slog.Level
+		authFile    string
 	)
 	fs.StringVar(&dataDir, "data-dir", dataDir, "`directory` holding etcd's and every node's data; running again recovers it")
 	fs.IntVar(&nodes, "nodes", nodes, "number of nodes")
@@ -40,6 +42,7 @@ func devCommand() *command {
 	fs.StringVar(&gwListen, "gateway-listen", gwListen, "`host:port` of the gateway in front of the nodes")
 	fs.StringVar(&gwAdmin, "gateway-admin-listen", gwAdmin, "`host:port` of the gateway's admin port")
 	fs.TextVar(&logLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn or error")
+	fs.StringVar(&authFile, "auth-file", "", "token `file` the nodes and the gateway require a bearer token of (see flux token); reloaded on SIGHUP. Empty: no authentication")
 	c := &command{
 		name:    "dev",
 		summary: "Run a whole cluster in this process: an embedded etcd and N nodes, until Ctrl-C.",
@@ -57,7 +60,7 @@ func devCommand() *command {
 			return usageError(env, c.name, "--appendfsync: %v", err)
 		}
 		logger := slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: logLevel}))
-		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy, amqpURL, cdcQueue, gwListen, gwAdmin})
+		return runDev(env, logger, devConfig{dataDir, nodes, etcdListen, basePort, adminBase, policy, amqpURL, cdcQueue, gwListen, gwAdmin, authFile})
 	}
 	return c
 }
@@ -73,6 +76,7 @@ type devConfig struct {
 	cdcQueue   string
 	gwListen   string
 	gwAdmin    string
+	authFile   string
 }
 
 func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
@@ -82,6 +86,22 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 		return exitError
 	}
 	defer etcd.Close()
+	// With a token file, the nodes and the gateway call each other with a
+	// token of their own, made for this run and never written anywhere.
+	authf := authFlags{file: cfg.authFile}
+	tokens, err := authf.open(env.ctx, logger)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "flux dev: --auth-file: %v\n", err)
+		return exitError
+	}
+	var peerToken string
+	if tokens != nil {
+		if peerToken, err = auth.NewToken(); err != nil {
+			fmt.Fprintf(env.stderr, "flux dev: %v\n", err)
+			return exitError
+		}
+		tokens.Allow(peerToken, auth.ScopeAdmin, "flux-dev-peers")
+	}
 	var running []*kvnode.Node
 	defer func() {
 		// Reverse order; each node leaves the cluster before it drains.
@@ -103,6 +123,8 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 			Etcd:        []string{etcd.ClientURL()},
 			AMQPURL:     cfg.amqpURL,
 			CDCQueue:    cfg.cdcQueue,
+			Auth:        tokens,
+			PeerToken:   peerToken,
 			Logger:      logger.With(slog.String("node", id)),
 		})
 		if err != nil {
@@ -123,6 +145,7 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 		Logger:   logger.With(slog.String("node", "gateway")),
 		Policies: gateway.Policies{Singleflight: true},
 		Console:  web.Handler(),
+		Auth:     tokens, PeerToken: peerToken,
 	})
 	if err != nil {
 		fmt.Fprintf(env.stderr, "flux dev: gateway: %v\n", err)

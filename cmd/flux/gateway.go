@@ -17,6 +17,7 @@ func gatewayCommand() *command {
 		etcd    stringList
 		logs    logFlags
 		observe observeFlags
+		authf   authFlags
 	)
 	cfg.Policies.Singleflight = true
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
@@ -44,6 +45,7 @@ func gatewayCommand() *command {
 	})
 	fs.DurationVar(&cfg.Policies.Breaker.OpenTimeout, "breaker-cooldown", 5*time.Second, "how long an open circuit refuses calls before one probe is let through")
 	fs.BoolVar(&cfg.Policies.Singleflight, "singleflight", cfg.Policies.Singleflight, "share one backend call among identical concurrent calls to methods without side effects")
+	authf.register(fs)
 	observe.register(fs)
 	logs.register(fs)
 
@@ -65,6 +67,10 @@ func gatewayCommand() *command {
 		}
 		cfg.Logger, cfg.CORSOrigins, cfg.Etcd = logger, cors, etcd
 		cfg.Console = web.Handler()
+		if cfg.Auth, err = authf.open(env.ctx, logger); err != nil {
+			return usageError(env, c.name, "--auth-file: %v", err)
+		}
+		cfg.PeerToken = authf.peerToken
 		return runGateway(env, cfg, &observe)
 	}
 	return c

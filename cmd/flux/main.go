@@ -55,6 +55,7 @@ func commands() []*command {
 		clusterCommand(),
 		cdcCommand(),
 		aofCommand(),
+		tokenCommand(),
 		versionCommand(),
 	}
 }

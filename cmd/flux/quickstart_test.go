@@ -100,17 +100,17 @@ func TestREADMEQuickstart(t *testing.T) {
 
 // startDev runs `flux dev` in-process on free ports until the test ends and
 // returns the URLs of its gateway and etcd.
-func startDev(t *testing.T) (gateway, etcd string) {
+func startDev(t *testing.T, extra ...string) (gateway, etcd string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(&environment{ctx: ctx, stdin: strings.NewReader(""), stdout: &out, stderr: &errOut}, []string{
+		done <- run(&environment{ctx: ctx, stdin: strings.NewReader(""), stdout: &out, stderr: &errOut}, append([]string{
 			"dev", "--data-dir", t.TempDir(), "--base-port", "0", "--admin-base-port", "0",
 			"--gateway-listen", "127.0.0.1:0", "--gateway-admin-listen", "127.0.0.1:0",
 			"--etcd-listen", "http://127.0.0.1:0", "--log-level", "error",
-		})
+		}, extra...))
 	}()
 	t.Cleanup(func() {
 		cancel()

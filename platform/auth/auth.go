@@ -13,8 +13,8 @@
 // admin also the cluster's operations (flux.cluster.v1 methods with side
 // effects: removing a node, moving keys between nodes). A call without a
 // valid token fails with Unauthenticated, one whose token's scope is too
-// small with PermissionDenied. Tokens never appear in errors or logs; a
-// token's name does.
+// small with PermissionDenied. Health checks and server reflection stay
+// open. Tokens never appear in errors or logs; a token's name does.
 package auth
 
 import (
@@ -159,6 +159,32 @@ func (t *Tokens) Len() int { return len(t.byHash) }
 type File struct {
 	path   string
 	tokens atomic.Pointer[Tokens]
+	extra  map[string]Token // set by Allow before use; kept across reloads
+}
+
+// Allow adds a token that is not in the file and stays across reloads (a
+// process's own token for its peers, as flux dev makes one). Call it before
+// the file is in use.
+func (f *File) Allow(token string, scope Scope, name string) {
+	if f.extra == nil {
+		f.extra = map[string]Token{}
+	}
+	sum := sha256.Sum256([]byte(token))
+	f.extra[hex.EncodeToString(sum[:])] = Token{Name: name, Scope: scope}
+	if t := f.tokens.Load(); t != nil {
+		f.tokens.Store(t.with(f.extra))
+	}
+}
+
+func (t *Tokens) with(extra map[string]Token) *Tokens {
+	out := &Tokens{byHash: make(map[string]Token, len(t.byHash)+len(extra))}
+	for k, v := range t.byHash {
+		out.byHash[k] = v
+	}
+	for k, v := range extra {
+		out.byHash[k] = v
+	}
+	return out
 }
 
 // Open reads the token file at path.
@@ -180,7 +206,7 @@ func (f *File) Reload() error {
 	if err != nil {
 		return fmt.Errorf("token file %s: %w", f.path, err)
 	}
-	f.tokens.Store(t)
+	f.tokens.Store(t.with(f.extra))
 	return nil
 }
 
@@ -238,9 +264,22 @@ var (
 	ErrBadToken = errors.New("invalid bearer token")
 )
 
-// Check returns the token that h carries if it may call procedure, or the
-// Connect error to answer: Unauthenticated or PermissionDenied.
-func Check(tokens *Tokens, h interface{ Get(string) string }, procedure string) (Token, error) {
+// RequiredBy returns the scope a call described by spec needs: from its
+// method descriptor when the handler has one (generated handlers, and the
+// gateway's for the services it discovers), else from the registry by
+// procedure (Required).
+func RequiredBy(spec connect.Spec) Scope {
+	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok {
+		return RequiredFor(md)
+	}
+	return Required(spec.Procedure)
+}
+
+// Check returns the token that h carries if it may make the call spec
+// describes, or the Connect error to answer: Unauthenticated or
+// PermissionDenied.
+func Check(tokens *Tokens, h interface{ Get(string) string }, spec connect.Spec) (Token, error) {
+	procedure := spec.Procedure
 	value := h.Get(Header)
 	raw, ok := strings.CutPrefix(value, "Bearer ")
 	if !ok {
@@ -253,7 +292,7 @@ func Check(tokens *Tokens, h interface{ Get(string) string }, procedure string) 
 	if !ok {
 		return Token{}, connect.NewError(connect.CodeUnauthenticated, ErrBadToken)
 	}
-	if need := Required(procedure); tok.Scope < need {
+	if need := RequiredBy(spec); tok.Scope < need {
 		return tok, connect.NewError(connect.CodePermissionDenied, fmt.Errorf(
 			"token %q has scope %s; %s needs %s", tok.Name, tok.Scope, procedure, need))
 	}
@@ -266,10 +305,17 @@ func Interceptor(f *File) connect.Interceptor { return interceptor{f} }
 
 type interceptor struct{ f *File }
 
+// open reports whether procedure needs no token: health checks, which load
+// balancers and orchestrators make without one, and server reflection,
+// which describes the schema only.
+func open(procedure string) bool {
+	return strings.HasPrefix(procedure, "/grpc.health.v1.Health/") || strings.HasPrefix(procedure, "/grpc.reflection.")
+}
+
 func (i interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if i.f != nil && !req.Spec().IsClient {
-			if _, err := Check(i.f.Tokens(), req.Header(), req.Spec().Procedure); err != nil {
+		if i.f != nil && !req.Spec().IsClient && !open(req.Spec().Procedure) {
+			if _, err := Check(i.f.Tokens(), req.Header(), req.Spec()); err != nil {
 				return nil, err
 			}
 		}
@@ -283,8 +329,8 @@ func (i interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conne
 
 func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if i.f != nil {
-			if _, err := Check(i.f.Tokens(), conn.RequestHeader(), conn.Spec().Procedure); err != nil {
+		if i.f != nil && !open(conn.Spec().Procedure) {
+			if _, err := Check(i.f.Tokens(), conn.RequestHeader(), conn.Spec()); err != nil {
 				return err
 			}
 		}
@@ -293,14 +339,15 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 }
 
 // Bearer returns a client interceptor that sends token on every call
-// (unary and streaming); an empty token sends nothing.
+// (unary and streaming) that carries no Authorization header already (a
+// gateway passes its caller's on); an empty token sends nothing.
 func Bearer(token string) connect.Interceptor { return bearer(token) }
 
 type bearer string
 
 func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if b != "" && req.Spec().IsClient {
+		if b != "" && req.Spec().IsClient && req.Header().Get(Header) == "" {
 			req.Header().Set(Header, "Bearer "+string(b))
 		}
 		return next(ctx, req)
@@ -310,7 +357,7 @@ func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
 		conn := next(ctx, spec)
-		if b != "" {
+		if b != "" && conn.RequestHeader().Get(Header) == "" {
 			conn.RequestHeader().Set(Header, "Bearer "+string(b))
 		}
 		return conn

@@ -39,6 +39,7 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/admin"
 	"github.com/fluxkv/fluxkv/platform/buildinfo"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/discovery"
 	"github.com/fluxkv/fluxkv/platform/rpcserver"
 	"github.com/fluxkv/fluxkv/platform/telemetry"
@@ -80,6 +81,14 @@ type Config struct {
 	Logger          *slog.Logger
 
 	Policies Policies // rate limits, breakers, singleflight
+	// Auth, when set, is the token file every call to the gateway (proxied
+	// or its own ClusterService; not health, reflection or the console's
+	// files) must present a token of. Proxied calls carry the caller's token
+	// on to the backend, which checks it again. PeerToken is sent on the
+	// gateway's own calls to nodes (their statistics, for Status).
+	Auth      *auth.File
+	PeerToken string
+
 	// Interceptors run on every proxied call on the gateway's side (tracing,
 	// access log, metrics); ClientInterceptors on its calls to backends.
 	Interceptors       []connect.Interceptor
@@ -245,8 +254,8 @@ func New(cfg Config) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("register rpc client metrics: %w", err)
 	}
-	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics)...)}
-	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics)...)}
+	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth))...)}
+	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics, auth.Bearer(cfg.PeerToken))...)}
 
 	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler()); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
