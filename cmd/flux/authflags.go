@@ -16,10 +16,12 @@ import (
 type authFlags struct {
 	file      string
 	peerToken string
+	insecure  bool
 }
 
 func (a *authFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.file, "auth-file", "", "token `file` (lines of \"scope sha256:<hex> [name]\"; see flux token) every call must present a token of, Authorization: Bearer; reloaded on SIGHUP. Empty: no authentication")
+	fs.BoolVar(&a.insecure, "insecure", false, "acknowledge listening in plaintext on addresses other hosts can reach (without it, a loud warning is logged for each such listener)")
 	fs.StringVar(&a.peerToken, "peer-token", "", "bearer `token` this server sends on its calls to nodes (forwarded requests, moving keys, statistics); needs the admin scope where the nodes check tokens")
 }
 

@@ -70,7 +70,7 @@ func gatewayCommand() *command {
 		if cfg.Auth, err = authf.open(env.ctx, logger); err != nil {
 			return usageError(env, c.name, "--auth-file: %v", err)
 		}
-		cfg.PeerToken = authf.peerToken
+		cfg.PeerToken, cfg.Insecure = authf.peerToken, authf.insecure
 		return runGateway(env, cfg, &observe)
 	}
 	return c

@@ -88,6 +88,9 @@ type Config struct {
 	// gateway's own calls to nodes (their statistics, for Status).
 	Auth      *auth.File
 	PeerToken string
+	// Insecure acknowledges listeners reachable from other hosts without
+	// TLS; without it the gateway logs a loud warning for each.
+	Insecure bool
 
 	// Interceptors run on every proxied call on the gateway's side (tracing,
 	// access log, metrics); ClientInterceptors on its calls to backends.
@@ -422,6 +425,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, startTimeout)
 		defer cancel()
 	}
+	rpcserver.WarnExposed(g.cfg.Logger, g.cfg.Insecure, g.api.Addr(), g.admin.Addr())
 	g.serve(g.admin)
 	if err := g.watcher.Start(ctx); err != nil {
 		return fmt.Errorf("watch etcd: %w", err)

@@ -109,6 +109,9 @@ type Config struct {
 	// moving keys: it needs the admin scope).
 	Auth      *auth.File
 	PeerToken string
+	// Insecure acknowledges listeners reachable from other hosts without
+	// TLS; without it the node logs a loud warning for each.
+	Insecure bool
 
 	// Interceptors run on every API call before the node's own (tracing and
 	// the access log go here); ClientInterceptors on calls to peers.
@@ -333,6 +336,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 // DefaultJoinTimeout when ctx has no deadline. Errors that stop a listener
 // later are reported by Wait.
 func (n *Node) Start(ctx context.Context) error {
+	rpcserver.WarnExposed(n.cfg.Logger, n.cfg.Insecure, n.api.Addr(), n.admin.Addr())
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()
