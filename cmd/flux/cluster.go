@@ -134,16 +134,7 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 	// Every node and gateway is asked at once, each within askTimeout, so
 	// one that hangs costs the command that long and hides nothing else.
 	var wg sync.WaitGroup
-	ids := snap.RingMembers()
-	if snap.Next != nil {
-		// A node joining is not on the ring yet; it reports the copies.
-		for _, id := range snap.Next.Members {
-			if !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
-		slices.Sort(ids)
-	}
+	ids := snap.StatusMembers()
 	members := make([]memberStatus, len(ids))
 	down := 0
 	for i, id := range ids {

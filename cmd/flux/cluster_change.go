@@ -65,7 +65,7 @@ func (e etcdChanger) abort(ctx context.Context, epoch int64) error {
 }
 
 func (e etcdChanger) ring(ctx context.Context) (int64, []string, *changeStatus, error) {
-	cur, err := discovery.ReadCurrent(ctx, e.c)
+	cur, next, err := discovery.ReadRings(ctx, e.c)
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -76,9 +76,8 @@ func (e etcdChanger) ring(ctx context.Context) (int64, []string, *changeStatus, 
 	if cur != nil {
 		epoch, members = cur.Epoch, cur.Members
 	}
-	next, err := discovery.ReadNext(ctx, e.c)
-	if err != nil || next == nil {
-		return epoch, members, nil, err
+	if next == nil {
+		return epoch, members, nil, nil
 	}
 	return epoch, members, statusOf(next), nil
 }

@@ -37,11 +37,7 @@ func ringEpochs(t *testing.T, etcd *clientv3.Client) (current, next int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	cur, err := discovery.ReadCurrent(ctx, etcd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nx, err := discovery.ReadNext(ctx, etcd)
+	cur, nx, err := discovery.ReadRings(ctx, etcd)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -360,17 +360,24 @@ func AbortChange(ctx context.Context, client *clientv3.Client, epoch int64) erro
 	return nil
 }
 
+// ReadRings reads RingCurrentKey and RingNextKey from etcd at one revision
+// (a linearizable read): nil for either that is absent.
+func ReadRings(ctx context.Context, client *clientv3.Client) (current, next *RingRecord, err error) {
+	cs, err := readChange(ctx, client)
+	if err != nil {
+		return nil, nil, err
+	}
+	if cs.ring.modRev != 0 {
+		current = &cs.ring.record
+	}
+	return current, cs.next, nil
+}
+
 // ReadCurrent reads RingCurrentKey from etcd (a linearizable read): nil
 // when the cluster has none.
 func ReadCurrent(ctx context.Context, client *clientv3.Client) (*RingRecord, error) {
-	cs, err := readChange(ctx, client)
-	if err != nil {
-		return nil, err
-	}
-	if cs.ring.modRev == 0 {
-		return nil, nil
-	}
-	return &cs.ring.record, nil
+	current, _, err := ReadRings(ctx, client)
+	return current, err
 }
 
 // ReadChange reads RingNextKey from etcd with its create revision, which
@@ -386,9 +393,6 @@ func ReadChange(ctx context.Context, client *clientv3.Client) (*RingRecord, int6
 
 // ReadNext reads RingNextKey from etcd: nil when no change is in progress.
 func ReadNext(ctx context.Context, client *clientv3.Client) (*RingRecord, error) {
-	cs, err := readChange(ctx, client)
-	if err != nil {
-		return nil, err
-	}
-	return cs.next, nil
+	_, next, err := ReadRings(ctx, client)
+	return next, err
 }

@@ -129,6 +129,22 @@ func (s *Snapshot) RingMembers() []string {
 	return s.MemberIDs()
 }
 
+// StatusMembers returns, sorted, the ids a status report lists: the ring's
+// members and, while a change adds one, the node joining, which is not on
+// the ring yet but reports the copies it receives.
+func (s *Snapshot) StatusMembers() []string {
+	ids := s.RingMembers()
+	if s.Next != nil {
+		for _, id := range s.Next.Members {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+	}
+	return ids
+}
+
 // Epoch returns the current ring's epoch, 0 while there is no
 // RingCurrentKey.
 func (s *Snapshot) Epoch() int64 {

@@ -61,17 +61,9 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 	}
 	states := g.breakers.States()
 	resp := &clusterv1.StatusResponse{GatewayId: g.cfg.ID, HoldsData: snap.HoldsData, Epoch: snap.Epoch(), RingMembers: snap.RingMembers()}
-	ids := snap.RingMembers()
+	ids := snap.StatusMembers()
 	if snap.Next != nil {
 		resp.Change = ringChange(snap.Next)
-		// A node joining is not on the ring yet, but its stats show the
-		// copies it receives.
-		for _, id := range snap.Next.Members {
-			if !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
-		slices.Sort(ids)
 	}
 	live := snap.Instances[kvv1connect.KVServiceName]
 	var wg sync.WaitGroup

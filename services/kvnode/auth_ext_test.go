@@ -150,10 +150,9 @@ func TestEveryMethodChecksItsScope(t *testing.T) {
 		}},
 	}
 	// Every method the node serves is in the table.
-	served := 0
-	served += kvv1.File_flux_kv_v1_kv_proto.Services().ByName("KVService").Methods().Len()
-	served += clusterv1.File_flux_cluster_v1_node_proto.Services().ByName("NodeService").Methods().Len()
-	served += clusterv1.File_flux_cluster_v1_handoff_proto.Services().ByName("HandoffService").Methods().Len()
+	served := kvv1.File_flux_kv_v1_kv_proto.Services().ByName("KVService").Methods().Len() +
+		clusterv1.File_flux_cluster_v1_node_proto.Services().ByName("NodeService").Methods().Len() +
+		clusterv1.File_flux_cluster_v1_handoff_proto.Services().ByName("HandoffService").Methods().Len()
 	if served != len(methods) {
 		t.Fatalf("the node serves %d methods and the table covers %d", served, len(methods))
 	}

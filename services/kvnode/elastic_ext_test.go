@@ -43,35 +43,15 @@ func startWriteLoad(c *client.Client, keys []string, writers int, extra ...putte
 	w := &writeLoad{acked: map[string]string{}, stop: make(chan struct{})}
 	for g, put := range extra {
 		w.wg.Go(func() {
-			for seq := 0; ; seq++ {
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
+			w.loop(false, func(ctx context.Context, seq int) ([]string, string, error) {
 				key := fmt.Sprintf("new-x%d-%06d", g, seq)
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				err := put(ctx, key, key)
-				cancel()
-				w.mu.Lock()
-				if err != nil {
-					w.failed = append(w.failed, fmt.Errorf("put %s: %w", key, err))
-				} else {
-					w.acked[key] = key
-				}
-				w.mu.Unlock()
-				w.writes.Add(1)
-			}
+				return []string{key}, key, put(ctx, key, key)
+			})
 		})
 	}
 	for g := range writers {
 		w.wg.Go(func() {
-			for seq := 0; ; seq++ {
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
+			w.loop(true, func(ctx context.Context, seq int) ([]string, string, error) {
 				// Every other write creates a key of its own, so a write lost
 				// anywhere is missing at the end rather than overwritten; the
 				// others overwrite the preloaded keys (each writer owns every
@@ -81,47 +61,55 @@ func startWriteLoad(c *client.Client, keys []string, writers int, extra ...putte
 					key = keys[(seq/2*writers+g)%len(keys)]
 				}
 				value := fmt.Sprintf("w%d-%d", g, seq)
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				began := time.Now()
-				var err error
-				if g == 0 && seq%2 == 0 {
-					// The first writer's new keys go in Batches, with a
-					// second key each, so per-operation refusals are retried
-					// too.
-					var results []*kvv1.OperationResult
-					results, err = c.Batch(ctx, []*kvv1.Operation{
-						{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key, Value: []byte(value)}}},
-						{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key + "-b", Value: []byte(value)}}},
-					})
-					for _, r := range results {
-						if err == nil && r.GetError() != nil {
-							err = fmt.Errorf("%s: %s", r.GetError().GetCode(), r.GetError().GetMessage())
-						}
+				if g != 0 || seq%2 == 1 {
+					_, err := c.Put(ctx, &kvv1.PutRequest{Key: key, Value: []byte(value)})
+					return []string{key}, value, err
+				}
+				// The first writer's new keys go in Batches, with a second
+				// key each, so per-operation refusals are retried too.
+				results, err := c.Batch(ctx, []*kvv1.Operation{
+					{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key, Value: []byte(value)}}},
+					{Op: &kvv1.Operation_Put{Put: &kvv1.PutRequest{Key: key + "-b", Value: []byte(value)}}},
+				})
+				for _, r := range results {
+					if err == nil && r.GetError() != nil {
+						err = fmt.Errorf("%s: %s", r.GetError().GetCode(), r.GetError().GetMessage())
 					}
-					if err == nil {
-						w.mu.Lock()
-						w.acked[key+"-b"] = value
-						w.mu.Unlock()
-					}
-				} else {
-					_, err = c.Put(ctx, &kvv1.PutRequest{Key: key, Value: []byte(value)})
 				}
-				cancel()
-				w.mu.Lock()
-				if took := time.Since(began); took > 10*time.Millisecond {
-					w.slow = append(w.slow, took)
-				}
-				if err != nil {
-					w.failed = append(w.failed, fmt.Errorf("put %s: %w", key, err))
-				} else {
-					w.acked[key] = value
-				}
-				w.mu.Unlock()
-				w.writes.Add(1)
-			}
+				return []string{key, key + "-b"}, value, err
+			})
 		})
 	}
 	return w
+}
+
+// loop runs one writer until stop: write makes its seq-th write and says
+// which keys it wrote, with what value. timed records the slow ones.
+func (w *writeLoad) loop(timed bool, write func(ctx context.Context, seq int) (keys []string, value string, err error)) {
+	for seq := 0; ; seq++ {
+		select {
+		case <-w.stop:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		began := time.Now()
+		keys, value, err := write(ctx, seq)
+		cancel()
+		w.mu.Lock()
+		if took := time.Since(began); timed && took > 10*time.Millisecond {
+			w.slow = append(w.slow, took)
+		}
+		if err != nil {
+			w.failed = append(w.failed, fmt.Errorf("put %s: %w", keys[0], err))
+		} else {
+			for _, key := range keys {
+				w.acked[key] = value
+			}
+		}
+		w.mu.Unlock()
+		w.writes.Add(1)
+	}
 }
 
 func (w *writeLoad) finish() (map[string]string, []error) {

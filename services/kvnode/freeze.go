@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -39,6 +40,21 @@ type freeze struct {
 type freezes struct {
 	mu     sync.RWMutex
 	active map[string]*freeze
+	// n is len(active), kept under mu for writing: readers of keys skip
+	// the lock while no key is frozen, which is almost always.
+	n atomic.Int32
+}
+
+// movingLocked returns the refusal of key if a freeze holds it; mu must be
+// held.
+func (fz *freezes) movingLocked(self, key string) error {
+	for _, f := range fz.active {
+		if f.moving(key) {
+			return coord.NotExecuted(coord.ReasonMoving, self, fmt.Errorf(
+				"node %s: key is moving to node %s (ring epoch %d); retry shortly", self, f.target, f.epoch))
+		}
+	}
+	return nil
 }
 
 // admit lets a write to key into the store, or says why not; release must
@@ -47,12 +63,9 @@ type freezes struct {
 // flipped after the request was routed here) with NOT_OWNER.
 func (r *router) admit(key string) (release func(), err error) {
 	r.freezes.mu.RLock()
-	for _, f := range r.freezes.active {
-		if f.moving(key) {
-			r.freezes.mu.RUnlock()
-			return nil, coord.NotExecuted(coord.ReasonMoving, r.self, fmt.Errorf(
-				"node %s: key is moving to node %s (ring epoch %d); retry shortly", r.self, f.target, f.epoch))
-		}
+	if err := r.freezes.movingLocked(r.self, key); err != nil {
+		r.freezes.mu.RUnlock()
+		return nil, err
 	}
 	if c := r.cluster.Load(); c != nil {
 		if v := c.view.Load(); v.ring.Owner(key) != r.self {
@@ -68,15 +81,14 @@ func (r *router) admit(key string) (release func(), err error) {
 // writes) before this node sees it, and the value here would then be stale.
 // The freeze ends once this node routes by the new ring.
 func (r *router) readable(key string) error {
+	// A read that starts before a freeze takes hold sees the value as it
+	// was, which is current: only reads after it need the lock.
+	if r.freezes.n.Load() == 0 {
+		return nil
+	}
 	r.freezes.mu.RLock()
 	defer r.freezes.mu.RUnlock()
-	for _, f := range r.freezes.active {
-		if f.moving(key) {
-			return coord.NotExecuted(coord.ReasonMoving, r.self, fmt.Errorf(
-				"node %s: key is moving to node %s (ring epoch %d); retry shortly", r.self, f.target, f.epoch))
-		}
-	}
-	return nil
+	return r.freezes.movingLocked(r.self, key)
 }
 
 // notOwner is the refusal of a request for a key that owner has, by the
@@ -113,11 +125,7 @@ func (s *handoffService) Freeze(ctx context.Context, req *connect.Request[cluste
 	// The change must be the one in progress, read from etcd itself: a
 	// target acting on a stale view must not freeze keys for a change that
 	// is over.
-	cur, err := discovery.ReadCurrent(ctx, c.client)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeUnavailable, err)
-	}
-	next, err := discovery.ReadNext(ctx, c.client)
+	cur, next, err := discovery.ReadRings(ctx, c.client)
 	if err != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, err)
 	}
@@ -144,6 +152,7 @@ func (s *handoffService) Freeze(ctx context.Context, req *connect.Request[cluste
 		fz.active = map[string]*freeze{}
 	}
 	fz.active[f.target] = f
+	fz.n.Store(int32(len(fz.active)))
 	// Every write admitted before is in the store now, and none to a moving
 	// key comes after.
 	rev := s.store.Revision()
@@ -215,6 +224,7 @@ func (s *handoffService) unfreeze(f *freeze, why string) {
 	fz.mu.Lock()
 	if fz.active[f.target] == f {
 		delete(fz.active, f.target)
+		fz.n.Store(int32(len(fz.active)))
 	}
 	fz.mu.Unlock()
 	s.router.logger().Info("freeze ended", slog.String("target", f.target), slog.Int64("epoch", f.epoch), slog.String("why", why),

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -545,16 +546,6 @@ func (m *mover) handoffs() []*clusterv1.Handoff {
 	for _, sc := range m.sources {
 		out = append(out, sc.progress(epoch))
 	}
-	slices.SortFunc(out, func(a, b *clusterv1.Handoff) int { return compareStrings(a.GetSource(), b.GetSource()) })
+	slices.SortFunc(out, func(a, b *clusterv1.Handoff) int { return strings.Compare(a.GetSource(), b.GetSource()) })
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
