@@ -1,11 +1,38 @@
 package discovery
 
 import (
+	"context"
+	"crypto/tls"
+	"fmt"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 )
+
+// dialTimeout bounds the first connection to etcd.
+const dialTimeout = 5 * time.Second
+
+// Connect returns an etcd client of endpoints, over TLS when tlsConfig is
+// set (endpoints then use https://), with the reconnect backoff of
+// DialOptions and etcd's own logging discarded: callers log what matters.
+// ctx is the client's lifetime, not a dial deadline.
+func Connect(ctx context.Context, endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, error) {
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: dialTimeout,
+		Context:     ctx,
+		TLS:         tlsConfig,
+		Logger:      zap.NewNop(),
+		DialOptions: DialOptions(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to etcd: %w", err)
+	}
+	return c, nil
+}
 
 // maxReconnectDelay bounds the wait between attempts to reach etcd again
 // after it went away.

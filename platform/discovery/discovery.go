@@ -86,10 +86,26 @@ func parseRingRecord(value []byte) (*RingRecord, error) {
 // Instance is the value of a live instance's key.
 type Instance struct {
 	ID           string    `json:"id"`            // instance id, also the last key segment
-	Address      string    `json:"address"`       // host:port of the API listener (h2c)
+	Address      string    `json:"address"`       // host:port of the API listener
 	AdminAddress string    `json:"admin_address"` // host:port of the admin listener
 	StartedAt    time.Time `json:"started_at"`    // RFC 3339
 	Version      string    `json:"version"`       // build of the instance
+	// TLS says both listeners serve TLS only; otherwise they speak
+	// cleartext (h2c on the API port).
+	TLS bool `json:"tls,omitempty"`
+}
+
+// URL is the base URL of the instance's API listener.
+func (i Instance) URL() string { return baseURL(i.TLS, i.Address) }
+
+// AdminURL is the base URL of the instance's admin listener.
+func (i Instance) AdminURL() string { return baseURL(i.TLS, i.AdminAddress) }
+
+func baseURL(tls bool, addr string) string {
+	if tls {
+		return "https://" + addr
+	}
+	return "http://" + addr
 }
 
 // Member is the value of a member's key.

@@ -41,19 +41,19 @@ type resolved struct {
 	files   protodesc.Resolver
 }
 
-// resolve returns the descriptor of service, asking the instance at addr by
+// resolve returns the descriptor of service, asking the instance at baseURL by
 // reflection when it is not compiled in.
-func (s *schemaSource) resolve(ctx context.Context, service, addr string) (*resolved, error) {
+func (s *schemaSource) resolve(ctx context.Context, service, baseURL string) (*resolved, error) {
 	if res, ok := s.compiled(service); ok {
 		return res, nil
 	}
-	client := grpcreflect.NewClient(s.http, "http://"+addr, connect.WithGRPC())
+	client := grpcreflect.NewClient(s.http, baseURL, connect.WithGRPC())
 	stream := client.NewStream(ctx)
 	defer stream.Close()
 	protos := map[string]*descriptorpb.FileDescriptorProto{}
 	fds, err := stream.FileContainingSymbol(protoreflect.FullName(service))
 	if err != nil {
-		return nil, fmt.Errorf("reflection on %s for %s: %w", addr, service, err)
+		return nil, fmt.Errorf("reflection on %s for %s: %w", baseURL, service, err)
 	}
 	for _, fd := range fds {
 		protos[fd.GetName()] = fd
@@ -79,23 +79,23 @@ func (s *schemaSource) resolve(ctx context.Context, service, addr string) (*reso
 		for _, name := range missing {
 			more, err := stream.FileByFilename(name)
 			if err != nil {
-				return nil, fmt.Errorf("reflection on %s for file %s: %w", addr, name, err)
+				return nil, fmt.Errorf("reflection on %s for file %s: %w", baseURL, name, err)
 			}
 			for _, fd := range more {
 				protos[fd.GetName()] = fd
 			}
 			if _, ok := protos[name]; !ok {
-				return nil, fmt.Errorf("reflection on %s did not return file %s", addr, name)
+				return nil, fmt.Errorf("reflection on %s did not return file %s", baseURL, name)
 			}
 		}
 	}
 	files, err := s.link(protos)
 	if err != nil {
-		return nil, fmt.Errorf("schema of %s from %s: %w", service, addr, err)
+		return nil, fmt.Errorf("schema of %s from %s: %w", service, baseURL, err)
 	}
 	d, err := files.FindDescriptorByName(protoreflect.FullName(service))
 	if err != nil {
-		return nil, fmt.Errorf("%s: reflection on %s did not describe it: %w", service, addr, err)
+		return nil, fmt.Errorf("%s: reflection on %s did not describe it: %w", service, baseURL, err)
 	}
 	sd, ok := d.(protoreflect.ServiceDescriptor)
 	if !ok {

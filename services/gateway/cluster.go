@@ -82,7 +82,7 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 		}
 		m.Circuit = circuitState(state)
 		wg.Go(func() {
-			stats, err := g.nodeStats(ctx, inst.Address)
+			stats, err := g.nodeStats(ctx, inst.URL())
 			if ctx.Err() == nil {
 				// Not when the caller gave up: that says nothing of the node.
 				s.noteStats(id, inst.Address, err)
@@ -146,13 +146,13 @@ func statsError(err error) string {
 	return "failed: " + connect.CodeOf(err).String()
 }
 
-// nodeStats asks the node at addr for its statistics, within statsTimeout.
+// nodeStats asks the node at baseURL for its statistics, within statsTimeout.
 // The call bypasses the node's circuit breaker: it observes the node, and
 // must neither be refused by an open circuit nor count towards opening one.
-func (g *Gateway) nodeStats(ctx context.Context, addr string) (*clusterv1.NodeStats, error) {
+func (g *Gateway) nodeStats(ctx context.Context, baseURL string) (*clusterv1.NodeStats, error) {
 	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
 	defer cancel()
-	client := clusterv1connect.NewNodeServiceClient(g.backendHTTP, "http://"+addr, append([]connect.ClientOption{connect.WithGRPC()}, g.clientOptions...)...)
+	client := clusterv1connect.NewNodeServiceClient(g.backendHTTP, baseURL, append([]connect.ClientOption{connect.WithGRPC()}, g.clientOptions...)...)
 	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
 		return nil, err

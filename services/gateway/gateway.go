@@ -16,6 +16,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,7 +34,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
@@ -91,6 +91,14 @@ type Config struct {
 	// Insecure acknowledges listeners reachable from other hosts without
 	// TLS; without it the gateway logs a loud warning for each.
 	Insecure bool
+
+	// TLS, when set, makes both ports serve TLS only (see
+	// rpcserver.Options.TLS). PeerTLS configures calls to backends that
+	// serve TLS (their registration says so; nil: the system's roots, no
+	// client certificate); EtcdTLS the connection to etcd.
+	TLS, PeerTLS, EtcdTLS *tls.Config
+	// HTTP bounds what each client connection may hold of the API port.
+	HTTP rpcserver.Limits
 
 	// Interceptors run on every proxied call on the gateway's side (tracing,
 	// access log, metrics); ClientInterceptors on its calls to backends.
@@ -204,14 +212,17 @@ func New(cfg Config) (_ *Gateway, err error) {
 		_, port, _ := net.SplitHostPort(cfg.Listen)
 		cfg.ID = host + "-" + port
 	}
+	// Backends that serve TLS are dialed over it; the others in cleartext.
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true)
 	g := &Gateway{
 		cfg: cfg,
 		backendHTTP: &http.Client{Transport: &http.Transport{
-			Protocols:   &protocols,
-			DialContext: (&net.Dialer{Timeout: time.Second}).DialContext,
-			HTTP2:       &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
+			Protocols:       &protocols,
+			TLSClientConfig: cfg.PeerTLS,
+			DialContext:     (&net.Dialer{Timeout: time.Second}).DialContext,
+			HTTP2:           &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
 		}},
 		errc:   make(chan error, 2),
 		stopc:  make(chan struct{}),
@@ -232,10 +243,8 @@ func New(cfg Config) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("gateway: %s is not compiled in", clusterv1connect.ClusterServiceName)
 	}
 	g.own = []*resolved{cluster}
-	g.etcd, err = clientv3.New(clientv3.Config{Endpoints: cfg.Etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: discovery.DialOptions()})
-	if err != nil {
-		return nil, fmt.Errorf("connect to etcd: %w", err)
+	if g.etcd, err = discovery.Connect(context.Background(), cfg.Etcd, cfg.EtcdTLS); err != nil {
+		return nil, err
 	}
 	g.watcher = discovery.NewWatcher(g.etcd, cfg.Logger)
 	reg := cfg.Registry
@@ -260,10 +269,10 @@ func New(cfg Config) (_ *Gateway, err error) {
 	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth))...)}
 	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics, auth.Bearer(cfg.PeerToken))...)}
 
-	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler()); err != nil {
+	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler(), rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP}); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
 	}
-	if g.admin, err = rpcserver.Listen(cfg.AdminListen, g.adminHandler()); err != nil {
+	if g.admin, err = rpcserver.Listen(cfg.AdminListen, g.adminHandler(), rpcserver.Options{TLS: cfg.TLS}); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return g, nil
@@ -425,7 +434,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, startTimeout)
 		defer cancel()
 	}
-	rpcserver.WarnExposed(g.cfg.Logger, g.cfg.Insecure, g.api.Addr(), g.admin.Addr())
+	rpcserver.WarnExposed(g.cfg.Logger, g.cfg.Insecure || g.cfg.TLS != nil, g.api.Addr(), g.admin.Addr())
 	g.serve(g.admin)
 	if err := g.watcher.Start(ctx); err != nil {
 		return fmt.Errorf("watch etcd: %w", err)
@@ -441,6 +450,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 	inst := discovery.Instance{
 		ID: g.cfg.ID, Address: apiAddr, AdminAddress: adminAddr,
 		StartedAt: time.Now().UTC().Truncate(time.Second), Version: buildinfo.String(),
+		TLS: g.cfg.TLS != nil,
 	}
 	reg, err := discovery.RegisterGateway(ctx, g.etcd, inst, discovery.WithTTL(g.cfg.LeaseTTL), discovery.WithLogger(g.cfg.Logger))
 	if err != nil {
@@ -576,7 +586,7 @@ func (g *Gateway) resolveAny(ctx context.Context, service string, live []discove
 	var errs []error
 	for _, inst := range live {
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		res, err := g.schemas.resolve(rctx, service, inst.Address)
+		res, err := g.schemas.resolve(rctx, service, inst.URL())
 		cancel()
 		if err == nil {
 			return res, nil
@@ -588,11 +598,11 @@ func (g *Gateway) resolveAny(ctx context.Context, service string, live []discove
 
 // forgetGone drops breakers and clients of instances no longer live.
 func (g *Gateway) forgetGone(snap *discovery.Snapshot) {
-	liveAddr := map[string]bool{}
+	liveURL := map[string]bool{}
 	liveBreaker := map[string]bool{}
 	for svc, insts := range snap.Instances {
 		for id, inst := range insts {
-			liveAddr[inst.Address] = true
+			liveURL[inst.URL()] = true
 			liveBreaker[svc+"/"+id] = true
 		}
 	}
@@ -603,7 +613,7 @@ func (g *Gateway) forgetGone(snap *discovery.Snapshot) {
 	}
 	g.clients.Range(func(k, _ any) bool {
 		key := k.(string)
-		if i := lastAt(key); i >= 0 && !liveAddr[key[i+1:]] {
+		if i := lastAt(key); i >= 0 && !liveURL[key[i+1:]] {
 			g.clients.Delete(k)
 		}
 		return true

@@ -208,7 +208,7 @@ func (g *Gateway) callUnary(ctx context.Context, m *method, req *connect.Request
 		var resp *connect.Response[dynamicpb.Message]
 		var callErr error
 		err = g.breakers.Do(b.breaker, func() error {
-			resp, callErr = g.client(m, b.addr).CallUnary(ctx, out)
+			resp, callErr = g.client(m, b.url).CallUnary(ctx, out)
 			callErr = backendError(ctx, callErr)
 			return breakerError(callErr)
 		})
@@ -276,7 +276,7 @@ func (g *Gateway) serverStream(m *method) func(context.Context, *connect.Request
 		}
 		out := connect.NewRequest(req.Msg)
 		copyRequestHeaders(out.Header(), req.Header())
-		upstream, err := g.client(m, b.addr).CallServerStream(ctx, out)
+		upstream, err := g.client(m, b.url).CallServerStream(ctx, out)
 		if err != nil {
 			err = backendError(ctx, err)
 			done(breakerError(err))
@@ -316,7 +316,7 @@ func (g *Gateway) clientStream(m *method) func(context.Context, *connect.ClientS
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		upstream := g.client(m, b.addr).CallClientStream(ctx)
+		upstream := g.client(m, b.url).CallClientStream(ctx)
 		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
 		for stream.Receive() {
 			if err := upstream.Send(stream.Msg()); err != nil {
@@ -358,7 +358,7 @@ func (g *Gateway) bidi(m *method) func(context.Context, *connect.BidiStream[dyna
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		upstream := g.client(m, b.addr).CallBidiStream(ctx)
+		upstream := g.client(m, b.url).CallBidiStream(ctx)
 		copyRequestHeaders(upstream.RequestHeader(), stream.RequestHeader())
 		// Requests flow up in their own goroutine, so neither direction
 		// waits for the other (a Pipeline answers while it receives). It
@@ -463,9 +463,9 @@ func backendError(ctx context.Context, err error) error {
 	return connect.NewError(connect.CodeUnavailable, connectErr.Unwrap())
 }
 
-// client returns the connect client for m on the instance at addr.
-func (g *Gateway) client(m *method, addr string) *connect.Client[dynamicpb.Message, dynamicpb.Message] {
-	key := m.procedure + "@" + addr
+// client returns the connect client for m on the instance at baseURL.
+func (g *Gateway) client(m *method, baseURL string) *connect.Client[dynamicpb.Message, dynamicpb.Message] {
+	key := m.procedure + "@" + baseURL
 	if c, ok := g.clients.Load(key); ok {
 		return c.(*connect.Client[dynamicpb.Message, dynamicpb.Message])
 	}
@@ -484,7 +484,7 @@ func (g *Gateway) client(m *method, addr string) *connect.Client[dynamicpb.Messa
 		connect.WithReadMaxBytes(g.cfg.MaxMessageBytes),
 		connect.WithCodec(proxyCodec{}),
 	}, g.clientOptions...)
-	c := connect.NewClient[dynamicpb.Message, dynamicpb.Message](g.backendHTTP, "http://"+addr+m.procedure, opts...)
+	c := connect.NewClient[dynamicpb.Message, dynamicpb.Message](g.backendHTTP, baseURL+m.procedure, opts...)
 	actual, _ := g.clients.LoadOrStore(key, c)
 	return actual.(*connect.Client[dynamicpb.Message, dynamicpb.Message])
 }

@@ -17,8 +17,9 @@ import (
 
 // backend is where one call goes.
 type backend struct {
-	id, addr string
-	breaker  string // the instance's circuit breaker: service/id
+	id      string
+	url     string // the instance's base URL
+	breaker string // the instance's circuit breaker: service/id
 	// roundRobin is set when any live instance would do, so a retry may go
 	// to another one; a shard-keyed call has exactly one right instance.
 	roundRobin bool
@@ -88,7 +89,7 @@ func (g *Gateway) route(m *method, msg *dynamicpb.Message, skip []string) (backe
 				}
 				return backend{}, coord.NotExecuted(coord.ReasonOwnerNotLive, owner, fmt.Errorf("node %s, which owns this key, is not live", owner))
 			}
-			return backend{id: owner, addr: inst.Address, breaker: m.service + "/" + owner}, nil
+			return backend{id: owner, url: inst.URL(), breaker: m.service + "/" + owner}, nil
 		}
 	}
 	ids := sortedIDs(live)
@@ -102,7 +103,7 @@ func (g *Gateway) route(m *method, msg *dynamicpb.Message, skip []string) (backe
 		if slices.Contains(skip, id) || g.breakers.Open(m.service+"/"+id) {
 			continue
 		}
-		return backend{id: id, addr: live[id].Address, breaker: m.service + "/" + id, roundRobin: true}, nil
+		return backend{id: id, url: live[id].URL(), breaker: m.service + "/" + id, roundRobin: true}, nil
 	}
 	return backend{}, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no available instance of %s: every live one is failing (circuit open) or was tried", m.service))
 }

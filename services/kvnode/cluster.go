@@ -14,7 +14,6 @@ import (
 
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/platform/auth"
@@ -87,28 +86,23 @@ type view struct {
 // serves. The caller must be ready to serve requests routed by the ring
 // before join returns: registering makes the node live to everyone.
 func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData bool) (_ *cluster, err error) {
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Etcd,
-		DialTimeout: 5 * time.Second,
-		Context:     context.Background(),
-		// The client's own logging goes nowhere: the node logs what matters
-		// (lease losses, re-registrations) through its logger.
-		Logger:      zap.NewNop(),
-		DialOptions: discovery.DialOptions(),
-	})
+	client, err := discovery.Connect(context.Background(), cfg.Etcd, cfg.EtcdTLS)
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd: %w", err)
+		return nil, err
 	}
+	// Peers that serve TLS are dialed over it; the others in cleartext.
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
+	protocols.SetHTTP2(true)
 	c := &cluster{
 		self:    cfg.NodeID,
 		client:  client,
 		watcher: discovery.NewWatcher(client, cfg.Logger),
 		http: &http.Client{Transport: &http.Transport{
-			Protocols:   &protocols,
-			DialContext: (&net.Dialer{Timeout: peerDialTimeout}).DialContext,
-			HTTP2:       &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
+			Protocols:       &protocols,
+			TLSClientConfig: cfg.PeerTLS,
+			DialContext:     (&net.Dialer{Timeout: peerDialTimeout}).DialContext,
+			HTTP2:           &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
 		}},
 		logger:             cfg.Logger,
 		clientInterceptors: append(slices.Clone(cfg.ClientInterceptors), auth.Bearer(cfg.PeerToken)),
@@ -224,6 +218,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 	inst := discovery.Instance{
 		ID: cfg.NodeID, Address: apiAddr, AdminAddress: adminAddr,
 		StartedAt: time.Now().UTC().Truncate(time.Second), Version: buildinfo.String(),
+		TLS: cfg.TLS != nil,
 	}
 	c.reg, err = discovery.Register(ctx, client, kvv1connect.KVServiceName, inst,
 		discovery.WithTTL(cfg.LeaseTTL), discovery.WithLogger(cfg.Logger))
@@ -356,12 +351,12 @@ func (c *cluster) peer(id string) (kvv1connect.KVServiceClient, error) {
 	if !ok {
 		return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, fmt.Errorf("node %s, which owns this key, is not live", id))
 	}
-	key := id + "@" + inst.Address
+	key := id + "@" + inst.URL()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	client, ok := c.peers[key]
 	if !ok {
-		client = kvv1connect.NewKVServiceClient(c.http, "http://"+inst.Address,
+		client = kvv1connect.NewKVServiceClient(c.http, inst.URL(),
 			connect.WithGRPC(), connect.WithInterceptors(append(slices.Clone(c.clientInterceptors), peerInterceptor(id, inst.Address))...))
 		c.peers[key] = client
 	}

@@ -8,6 +8,7 @@ package kvnode
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -112,6 +113,15 @@ type Config struct {
 	// Insecure acknowledges listeners reachable from other hosts without
 	// TLS; without it the node logs a loud warning for each.
 	Insecure bool
+
+	// TLS, when set, makes both ports serve TLS only (see
+	// rpcserver.Options.TLS), and the node registers as serving TLS, so
+	// peers, gateways and SDKs dial it with https://. PeerTLS configures
+	// the node's calls to peers that serve TLS (nil: the system's roots,
+	// no client certificate); EtcdTLS its connection to etcd.
+	TLS, PeerTLS, EtcdTLS *tls.Config
+	// HTTP bounds what each client connection may hold of the API port.
+	HTTP rpcserver.Limits
 
 	// Interceptors run on every API call before the node's own (tracing and
 	// the access log go here); ClientInterceptors on calls to peers.
@@ -265,11 +275,11 @@ func New(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler); err != nil {
+	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler, rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP}); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
 	}
 	adminHandler := n.adminHandler(registry)
-	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler); err != nil {
+	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler, rpcserver.Options{TLS: cfg.TLS}); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return n, nil
@@ -336,7 +346,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 // DefaultJoinTimeout when ctx has no deadline. Errors that stop a listener
 // later are reported by Wait.
 func (n *Node) Start(ctx context.Context) error {
-	rpcserver.WarnExposed(n.cfg.Logger, n.cfg.Insecure, n.api.Addr(), n.admin.Addr())
+	rpcserver.WarnExposed(n.cfg.Logger, n.cfg.Insecure || n.cfg.TLS != nil, n.api.Addr(), n.admin.Addr())
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()

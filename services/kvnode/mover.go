@@ -467,7 +467,7 @@ func (sc *sourceCopy) client() (clusterv1connect.HandoffServiceClient, error) {
 	if !ok {
 		return nil, fmt.Errorf("source %s is not live", sc.source)
 	}
-	return clusterv1connect.NewHandoffServiceClient(sc.c.http, "http://"+inst.Address,
+	return clusterv1connect.NewHandoffServiceClient(sc.c.http, inst.URL(),
 		connect.WithGRPC(), connect.WithInterceptors(sc.c.clientInterceptors...)), nil
 }
 

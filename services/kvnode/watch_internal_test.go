@@ -39,7 +39,7 @@ func serveWatchGated(t *testing.T, cfg watchConfig) (kvv1connect.KVServiceClient
 	h.watch = cfg
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(h))
-	srv, err := rpcserver.Listen("127.0.0.1:0", mux)
+	srv, err := rpcserver.Listen("127.0.0.1:0", mux, rpcserver.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
