@@ -35,6 +35,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -45,7 +46,6 @@ import (
 
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
@@ -94,6 +94,8 @@ type config struct {
 	etcd      []string
 	endpoints []string
 	opts      []connect.ClientOption
+	tls       *tls.Config
+	etcdTLS   *tls.Config
 }
 
 // WithEtcd makes the client discover the cluster through etcd and route
@@ -104,6 +106,16 @@ func WithEtcd(endpoints ...string) Option { return func(c *config) { c.etcd = en
 // nodes), trying the next one when one is unavailable (see Retries in the
 // package documentation for when a write is sent again).
 func WithEndpoints(urls ...string) Option { return func(c *config) { c.endpoints = urls } }
+
+// WithTLS configures connections to nodes and gateways over TLS: https://
+// endpoints, and nodes that register as serving TLS (nil, the default, uses
+// the system's roots and no client certificate). Give a client certificate
+// in it for servers that require one (mutual TLS).
+func WithTLS(cfg *tls.Config) Option { return func(c *config) { c.tls = cfg } }
+
+// WithEtcdTLS configures the connection to etcd over TLS (https://
+// endpoints).
+func WithEtcdTLS(cfg *tls.Config) Option { return func(c *config) { c.etcdTLS = cfg } }
 
 // WithClientOptions adds connect client options (the default is the gRPC
 // protocol).
@@ -127,7 +139,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	protocols.SetHTTP2(true)
 	c := &Client{
 		cfg:   cfg,
-		http:  &http.Client{Transport: &http.Transport{Protocols: &protocols}},
+		http:  &http.Client{Transport: &http.Transport{Protocols: &protocols, TLSClientConfig: cfg.tls}},
 		nodes: map[string]kvv1connect.KVServiceClient{},
 		stopc: make(chan struct{}),
 		donec: make(chan struct{}),
@@ -136,13 +148,12 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 		close(c.donec)
 		return c, nil
 	}
-	// No Context in the config: the etcd client's context is its lifetime,
-	// and a caller's ctx that ends after New would stop discovery. The
-	// library must not write etcd's logs to the application's stderr.
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: cfg.etcd, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		DialOptions: discovery.DialOptions()})
+	// Not ctx: the etcd client's context is its lifetime, and a caller's
+	// ctx that ends after New would stop discovery. (Connect also keeps
+	// etcd's logs out of the application's stderr.)
+	etcd, err := discovery.Connect(context.Background(), cfg.etcd, cfg.etcdTLS)
 	if err != nil {
-		return nil, fmt.Errorf("flux client: connect to etcd: %w", err)
+		return nil, fmt.Errorf("flux client: %w", err)
 	}
 	c.etcd = etcd
 	c.watcher = discovery.NewWatcher(etcd, nil)
@@ -254,7 +265,7 @@ func (c *Client) member(v *view, id, why string) (kvv1connect.KVServiceClient, e
 	if !ok {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, %s, is not live", id, why))
 	}
-	return c.node("http://" + inst.Address), nil
+	return c.node(inst.URL()), nil
 }
 
 // Get reads a key. It is a read: see Retries in the package documentation.

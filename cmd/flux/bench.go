@@ -162,7 +162,11 @@ func benchTarget(env *environment, cf *clientFlags, cfg *bench.Config, connectio
 		}
 		ctx, cancel := context.WithTimeout(env.ctx, etcdLoadTimeout)
 		defer cancel()
-		target, err := bench.NewFluxSDK(ctx, cf.etcd, connections, cf.protocol, opts...)
+		sdkOpts, err := cf.sdkOptions(opts)
+		if err != nil {
+			return nil, fail(env, "bench", err)
+		}
+		target, err := bench.NewFluxSDK(ctx, cf.etcd, connections, cf.protocol, sdkOpts...)
 		if err != nil {
 			return nil, fail(env, "bench", err)
 		}
@@ -174,7 +178,9 @@ func benchTarget(env *environment, cf *clientFlags, cfg *bench.Config, connectio
 	}
 	clients := make([]*http.Client, connections)
 	for i := range clients {
-		clients[i] = httpClient()
+		if clients[i], err = cf.tls.httpClient(); err != nil {
+			return nil, fail(env, "bench", err)
+		}
 	}
 	return bench.NewFlux(base, cf.protocol, clients, opts...), exitOK
 }

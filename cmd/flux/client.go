@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -33,12 +31,14 @@ type clientFlags struct {
 	timeout  time.Duration
 	json     bool
 	token    string
+	tls      clientTLSFlags
 }
 
 func (f *clientFlags) register(fs *flag.FlagSet) {
 	f.registerEndpoint(fs)
 	fs.Var(&f.etcd, "etcd", "comma-separated etcd `endpoints`: route each key to its owner with the Go SDK instead of using --endpoint")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "deadline for the call")
+	f.tls.registerEtcd(fs)
 }
 
 // registerEndpoint registers the flags of commands that talk to one
@@ -48,19 +48,7 @@ func (f *clientFlags) registerEndpoint(fs *flag.FlagSet) {
 	fs.StringVar(&f.protocol, "protocol", "connect", "wire `protocol`: connect, grpc or grpcweb")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON, for scripts")
 	fs.StringVar(&f.token, "token", "", "bearer `token` to send (Authorization: Bearer), for servers started with --auth-file; prefer FLUX_TOKEN, which stays out of the process list")
-}
-
-// httpClient speaks HTTP/2 to every endpoint: with prior knowledge (h2c) on
-// http:// URLs, which gRPC needs, and negotiated by TLS on https:// URLs.
-func httpClient() *http.Client {
-	var protocols http.Protocols
-	protocols.SetHTTP2(true)
-	protocols.SetUnencryptedHTTP2(true)
-	return &http.Client{Transport: &http.Transport{
-		Protocols:       &protocols,
-		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12},
-		Proxy:           http.ProxyFromEnvironment,
-	}}
+	f.tls.registerAPI(fs)
 }
 
 // clientOptions returns the connect options for the chosen protocol.
@@ -104,7 +92,12 @@ func (f *clientFlags) kvClient(ctx context.Context) (kvAPI, context.Context, con
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	if len(f.etcd) > 0 {
-		c, err := client.New(ctx, client.WithEtcd(f.etcd...), client.WithClientOptions(opts...))
+		sdkOpts, err := f.sdkOptions(opts)
+		if err != nil {
+			cancel()
+			return nil, nil, nil, err
+		}
+		c, err := client.New(ctx, append(sdkOpts, client.WithEtcd(f.etcd...))...)
 		if err != nil {
 			cancel()
 			return nil, nil, nil, connect.NewError(connect.CodeUnavailable, err)
@@ -116,7 +109,26 @@ func (f *clientFlags) kvClient(ctx context.Context) (kvAPI, context.Context, con
 		cancel()
 		return nil, nil, nil, err
 	}
-	return kvv1connect.NewKVServiceClient(httpClient(), base, opts...), ctx, cancel, nil
+	httpc, err := f.tls.httpClient()
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return kvv1connect.NewKVServiceClient(httpc, base, opts...), ctx, cancel, nil
+}
+
+// sdkOptions are the Go SDK's options for the flags, with opts for its
+// connect clients.
+func (f *clientFlags) sdkOptions(opts []connect.ClientOption) ([]client.Option, error) {
+	apiTLS, err := f.tls.apiTLS()
+	if err != nil {
+		return nil, err
+	}
+	etcdTLS, err := f.tls.etcdTLS()
+	if err != nil {
+		return nil, err
+	}
+	return []client.Option{client.WithClientOptions(opts...), client.WithTLS(apiTLS), client.WithEtcdTLS(etcdTLS)}, nil
 }
 
 // sdkAPI adapts the SDK to kvAPI.

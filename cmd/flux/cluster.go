@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
@@ -35,6 +33,7 @@ func clusterCommand() *command {
 		epoch    int64
 		asJSON   bool
 		token    string
+		tlsf     clientTLSFlags
 	)
 	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` of the cluster")
 	fs.StringVar(&endpoint, "endpoint", "", "`URL` of a gateway, instead of --etcd (remove-node and abort-change)")
@@ -43,6 +42,8 @@ func clusterCommand() *command {
 	fs.Int64Var(&epoch, "epoch", 0, "abort-change: the epoch of the change to abandon, as status shows it")
 	fs.BoolVar(&asJSON, "json", false, "print the result as JSON, for scripts")
 	fs.StringVar(&token, "token", "", "bearer `token` for nodes and gateways started with --auth-file (status needs read, remove-node and abort-change through --endpoint admin); prefer FLUX_TOKEN")
+	tlsf.registerAPI(fs)
+	tlsf.registerEtcd(fs)
 	c := &command{
 		name: "cluster",
 		args: "status | remove-node ID | abort-change --epoch N",
@@ -64,14 +65,14 @@ func clusterCommand() *command {
 			}
 			ctx, cancel := context.WithTimeout(env.ctx, timeout)
 			defer cancel()
-			return clusterStatus(ctx, env, etcd, asJSON, token)
+			return clusterStatus(ctx, env, clusterTarget{etcd: etcd, timeout: timeout, token: token, tls: tlsf}, asJSON)
 		case args[0] == "remove-node" && len(args) == 2:
-			return removeNode(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token}, args[1], wait)
+			return removeNode(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token, tls: tlsf}, args[1], wait)
 		case args[0] == "abort-change" && len(args) == 1:
 			if epoch <= 1 {
 				return usageError(env, c.name, "abort-change needs --epoch, the epoch of the change in progress (see flux cluster status)")
 			}
-			return abortChange(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token}, epoch)
+			return abortChange(env, clusterTarget{etcd: etcd, endpoint: endpoint, timeout: timeout, token: token, tls: tlsf}, epoch)
 		}
 		return usageError(env, c.name, "want: flux cluster status | remove-node ID | abort-change --epoch N")
 	}
@@ -114,13 +115,15 @@ func (c *changeStatus) describe() string {
 	return "removing " + c.Remove
 }
 
-func clusterStatus(ctx context.Context, env *environment, endpoints []string, asJSON bool, token string) int {
-	httpc := httpClient()
-	defer httpc.CloseIdleConnections()
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
+func clusterStatus(ctx context.Context, env *environment, t clusterTarget, asJSON bool) int {
+	httpc, err := t.tls.httpClient()
 	if err != nil {
-		fmt.Fprintf(env.stderr, "flux cluster: connect to etcd: %v\n", err)
-		return exitError
+		return fail(env, "cluster", err)
+	}
+	defer httpc.CloseIdleConnections()
+	etcd, err := t.connectEtcd(ctx)
+	if err != nil {
+		return fail(env, "cluster", err)
 	}
 	defer etcd.Close()
 	w := discovery.NewWatcher(etcd, nil)
@@ -148,7 +151,7 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 		m.Live, m.Address, m.AdminAddress, m.Version = true, inst.Address, inst.AdminAddress, inst.Version
 		m.StartedAt = inst.StartedAt.Format(time.RFC3339)
 		wg.Go(func() {
-			if stats, err := nodeStats(ctx, httpc, inst.Address, token); err == nil {
+			if stats, err := nodeStats(ctx, httpc, inst.URL(), t.token); err == nil {
 				n := stats.GetKeyCount()
 				m.Keys = &n
 				for _, h := range stats.GetHandoffs() {
@@ -160,7 +163,7 @@ func clusterStatus(ctx context.Context, env *environment, endpoints []string, as
 			}
 		})
 	}
-	gateways := gatewayStatuses(ctx, &wg, snap)
+	gateways := gatewayStatuses(ctx, &wg, snap, httpc, t.token)
 	wg.Wait()
 	var change *changeStatus
 	if snap.Next != nil {
@@ -240,12 +243,12 @@ func dash(s string) string {
 // askTimeout bounds each call cluster status makes to a node or a gateway.
 const askTimeout = time.Second
 
-// nodeStats asks the node at addr (its API port) for its statistics,
+// nodeStats asks the node at baseURL (its API port) for its statistics,
 // within askTimeout.
-func nodeStats(ctx context.Context, httpc *http.Client, addr, token string) (*clusterv1.NodeStats, error) {
+func nodeStats(ctx context.Context, httpc *http.Client, baseURL, token string) (*clusterv1.NodeStats, error) {
 	ctx, cancel := context.WithTimeout(ctx, askTimeout)
 	defer cancel()
-	client := clusterv1connect.NewNodeServiceClient(httpc, "http://"+addr, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(token)))
+	client := clusterv1connect.NewNodeServiceClient(httpc, baseURL, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(token)))
 	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
 		return nil, err
@@ -281,7 +284,7 @@ func (g gatewayStatus) circuits() string {
 // gatewayStatuses asks every live gateway for its breakers' states, each
 // within askTimeout, on goroutines of wg: the statuses are complete when wg
 // is done.
-func gatewayStatuses(ctx context.Context, wg *sync.WaitGroup, snap *discovery.Snapshot) []gatewayStatus {
+func gatewayStatuses(ctx context.Context, wg *sync.WaitGroup, snap *discovery.Snapshot, httpc *http.Client, token string) []gatewayStatus {
 	ids := slices.Sorted(maps.Keys(snap.Gateways))
 	out := make([]gatewayStatus, len(ids))
 	for i, id := range ids {
@@ -291,7 +294,7 @@ func gatewayStatuses(ctx context.Context, wg *sync.WaitGroup, snap *discovery.Sn
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(ctx, askTimeout)
 			defer cancel()
-			switch err := getJSON(ctx, "http://"+inst.AdminAddress+"/breakers", &g.Breakers); {
+			switch err := getJSON(ctx, httpc, inst.AdminURL()+"/breakers", token, &g.Breakers); {
 			case errors.Is(err, context.DeadlineExceeded):
 				g.Error = "timed out"
 			case err != nil:
@@ -302,12 +305,17 @@ func gatewayStatuses(ctx context.Context, wg *sync.WaitGroup, snap *discovery.Sn
 	return out
 }
 
-func getJSON(ctx context.Context, url string, v any) error {
+// getJSON reads url's JSON answer into v, with the bearer token if one is
+// given (admin ports need one with the admin scope).
+func getJSON(ctx context.Context, httpc *http.Client, url, token string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if token != "" {
+		req.Header.Set(auth.Header, "Bearer "+token)
+	}
+	resp, err := httpc.Do(req)
 	if err != nil {
 		return err
 	}

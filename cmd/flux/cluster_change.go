@@ -9,7 +9,6 @@ import (
 
 	"connectrpc.com/connect"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	clusterv1 "github.com/fluxkv/fluxkv/gen/flux/cluster/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
@@ -24,6 +23,16 @@ type clusterTarget struct {
 	endpoint string
 	timeout  time.Duration
 	token    string
+	tls      clientTLSFlags
+}
+
+// connectEtcd returns a client of the target's etcd, living for ctx.
+func (t clusterTarget) connectEtcd(ctx context.Context) (*clientv3.Client, error) {
+	etcdTLS, err := t.tls.etcdTLS()
+	if err != nil {
+		return nil, err
+	}
+	return discovery.Connect(ctx, t.etcd, etcdTLS)
 }
 
 // changer starts and follows membership changes through etcd or a
@@ -39,13 +48,16 @@ type changer interface {
 
 func (t clusterTarget) open(ctx context.Context) (changer, error) {
 	if t.endpoint != "" {
-		httpc := httpClient()
+		httpc, err := t.tls.httpClient()
+		if err != nil {
+			return nil, err
+		}
 		return &gatewayChanger{httpc: httpc.CloseIdleConnections,
 			client: clusterv1connect.NewClusterServiceClient(httpc, t.endpoint, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(t.token)))}, nil
 	}
-	etcd, err := clientv3.New(clientv3.Config{Endpoints: t.etcd, DialTimeout: 5 * time.Second, Context: ctx, Logger: zap.NewNop()})
+	etcd, err := t.connectEtcd(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("connect to etcd: %w", err)
+		return nil, err
 	}
 	return etcdChanger{etcd}, nil
 }

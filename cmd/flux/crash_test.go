@@ -164,7 +164,10 @@ func TestCrashRecovery(t *testing.T) {
 
 func newTestClient(t *testing.T) *http.Client {
 	t.Helper()
-	c := httpClient()
+	c, err := (&clientTLSFlags{}).httpClient()
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(c.CloseIdleConnections)
 	return c
 }

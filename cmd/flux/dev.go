@@ -88,12 +88,13 @@ func runDev(env *environment, logger *slog.Logger, cfg devConfig) int {
 	defer etcd.Close()
 	// With a token file, the nodes and the gateway call each other with a
 	// token of their own, made for this run and never written anywhere.
-	authf := authFlags{file: cfg.authFile}
-	tokens, err := authf.open(env.ctx, logger)
+	secf := securityFlags{authFile: cfg.authFile}
+	sec, err := secf.open(env.ctx, logger)
 	if err != nil {
-		fmt.Fprintf(env.stderr, "flux dev: --auth-file: %v\n", err)
+		fmt.Fprintf(env.stderr, "flux dev: %v\n", err)
 		return exitError
 	}
+	tokens := sec.auth
 	var peerToken string
 	if tokens != nil {
 		if peerToken, err = auth.NewToken(); err != nil {

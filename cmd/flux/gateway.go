@@ -17,7 +17,7 @@ func gatewayCommand() *command {
 		etcd    stringList
 		logs    logFlags
 		observe observeFlags
-		authf   authFlags
+		secf    securityFlags
 	)
 	cfg.Policies.Singleflight = true
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
@@ -45,7 +45,7 @@ func gatewayCommand() *command {
 	})
 	fs.DurationVar(&cfg.Policies.Breaker.OpenTimeout, "breaker-cooldown", 5*time.Second, "how long an open circuit refuses calls before one probe is let through")
 	fs.BoolVar(&cfg.Policies.Singleflight, "singleflight", cfg.Policies.Singleflight, "share one backend call among identical concurrent calls to methods without side effects")
-	authf.register(fs)
+	secf.register(fs, false)
 	observe.register(fs)
 	logs.register(fs)
 
@@ -67,10 +67,12 @@ func gatewayCommand() *command {
 		}
 		cfg.Logger, cfg.CORSOrigins, cfg.Etcd = logger, cors, etcd
 		cfg.Console = web.Handler()
-		if cfg.Auth, err = authf.open(env.ctx, logger); err != nil {
-			return usageError(env, c.name, "--auth-file: %v", err)
+		sec, err := secf.open(env.ctx, logger)
+		if err != nil {
+			return usageError(env, c.name, "%v", err)
 		}
-		cfg.PeerToken, cfg.Insecure = authf.peerToken, authf.insecure
+		cfg.Auth, cfg.AuthReflection, cfg.PeerToken, cfg.Insecure = sec.auth, sec.authReflection, sec.peerToken, sec.insecure
+		cfg.TLS, cfg.PeerTLS, cfg.EtcdTLS = sec.tls, sec.peerTLS, sec.etcdTLS
 		return runGateway(env, cfg, &observe)
 	}
 	return c

@@ -33,8 +33,12 @@ func healthCommand() *command {
 		if err != nil {
 			return fail(env, c.name, err)
 		}
+		httpc, err := cf.tls.httpClient()
+		if err != nil {
+			return fail(env, c.name, err)
+		}
 		client := connect.NewClient[healthpb.HealthCheckRequest, healthpb.HealthCheckResponse](
-			httpClient(), base+"/grpc.health.v1.Health/Check", opts...)
+			httpc, base+"/grpc.health.v1.Health/Check", opts...)
 		ctx, cancel := context.WithTimeout(env.ctx, cf.timeout)
 		defer cancel()
 		resp, err := client.CallUnary(ctx, connect.NewRequest(&healthpb.HealthCheckRequest{Service: service}))

@@ -18,7 +18,7 @@ func nodeCommand() *command {
 		etcd        stringList
 		logs        logFlags
 		observe     observeFlags
-		authf       authFlags
+		secf        securityFlags
 		appendFsync = "everysec"
 	)
 	cfg.AppendOnly = true
@@ -42,7 +42,7 @@ func nodeCommand() *command {
 	fs.StringVar(&cfg.CDCQueue, "cdc-queue", "", "durable `queue` to declare and bind to the flux.cdc exchange, so changes accumulate while no consumer runs")
 	fs.Int64Var(&cfg.CDCMaxLag, "cdc-max-lag", 100000, "log an error while the CDC relay is more than this many `revisions` behind (0: never)")
 	fs.DurationVar(&cfg.CDCMaxLagAge, "cdc-max-lag-age", time.Minute, "log an error while the oldest change not yet confirmed by RabbitMQ is older than this `duration` (0: never)")
-	authf.register(fs)
+	secf.register(fs, true)
 	observe.register(fs)
 	logs.register(fs)
 
@@ -67,10 +67,13 @@ func nodeCommand() *command {
 		cfg.AppendFsync = policy
 		cfg.CORSOrigins = cors
 		cfg.Etcd = etcd
-		if cfg.Auth, err = authf.open(env.ctx, logger); err != nil {
-			return usageError(env, c.name, "--auth-file: %v", err)
+		sec, err := secf.open(env.ctx, logger)
+		if err != nil {
+			return usageError(env, c.name, "%v", err)
 		}
-		cfg.PeerToken, cfg.Insecure = authf.peerToken, authf.insecure
+		cfg.Auth, cfg.AuthReflection, cfg.PeerToken, cfg.Insecure = sec.auth, sec.authReflection, sec.peerToken, sec.insecure
+		cfg.TLS, cfg.PeerTLS, cfg.EtcdTLS = sec.tls, sec.peerTLS, sec.etcdTLS
+		cfg.AMQPTLS = sec.amqpTLS
 		return runNode(env, cfg, &observe)
 	}
 	return c

@@ -63,7 +63,11 @@ func watchCommand() *command {
 		if err != nil {
 			return fail(env, c.name, err)
 		}
-		client := kvv1connect.NewKVServiceClient(httpClient(), base, opts...)
+		httpc, err := cf.tls.httpClient()
+		if err != nil {
+			return fail(env, c.name, err)
+		}
+		client := kvv1connect.NewKVServiceClient(httpc, base, opts...)
 		stream, err := client.Watch(env.ctx, connect.NewRequest(req))
 		if err != nil {
 			return fail(env, c.name, err)

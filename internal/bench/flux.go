@@ -46,12 +46,12 @@ func NewFlux(baseURL, protocol string, clients []*http.Client, opts ...connect.C
 // it, through the Go SDK, which discovers the cluster with etcd. It opens
 // one SDK client (and so one set of connections) per connection; ctx bounds
 // their first load of the membership. opts choose the protocol (the SDK
-// speaks gRPC unless told gRPC-Web) and protocol names it. The SDK has no
-// Pipeline: the target refuses that workload.
-func NewFluxSDK(ctx context.Context, etcd []string, connections int, protocol string, opts ...connect.ClientOption) (Target, error) {
+// speaks gRPC unless told gRPC-Web), TLS and the like; protocol names it.
+// The SDK has no Pipeline: the target refuses that workload.
+func NewFluxSDK(ctx context.Context, etcd []string, connections int, protocol string, opts ...client.Option) (Target, error) {
 	t := &fluxTarget{info: TargetInfo{Name: "flux", Endpoint: "etcd:" + strings.Join(etcd, ","), Protocol: protocol, Connections: connections}}
 	for range connections {
-		c, err := client.New(ctx, client.WithEtcd(etcd...), client.WithClientOptions(opts...))
+		c, err := client.New(ctx, append([]client.Option{client.WithEtcd(etcd...)}, opts...)...)
 		if err != nil {
 			_ = t.Close()
 			return nil, connect.NewError(connect.CodeUnavailable, err)

@@ -13,8 +13,10 @@
 // admin also the cluster's operations (flux.cluster.v1 methods with side
 // effects: removing a node, moving keys between nodes). A call without a
 // valid token fails with Unauthenticated, one whose token's scope is too
-// small with PermissionDenied. Health checks and server reflection stay
-// open. Tokens never appear in errors or logs; a token's name does.
+// small with PermissionDenied. Health checks stay open, and so does server
+// reflection unless the server guards it (then it needs read). The admin
+// port's endpoints, but its health check, need admin (AdminHandler).
+// Tokens never appear in errors or logs; a token's name does.
 package auth
 
 import (
@@ -27,6 +29,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -269,6 +272,10 @@ var (
 // gateway's for the services it discovers), else from the registry by
 // procedure (Required).
 func RequiredBy(spec connect.Spec) Scope {
+	if isReflection(spec.Procedure) {
+		// A bidi stream, but it only reads the schema.
+		return ScopeRead
+	}
 	if md, ok := spec.Schema.(protoreflect.MethodDescriptor); ok {
 		return RequiredFor(md)
 	}
@@ -300,21 +307,29 @@ func Check(tokens *Tokens, h interface{ Get(string) string }, spec connect.Spec)
 }
 
 // Interceptor checks the bearer token of every call it sees against the
-// file's tokens. With a nil file it lets everything through.
-func Interceptor(f *File) connect.Interceptor { return interceptor{f} }
-
-type interceptor struct{ f *File }
-
-// open reports whether procedure needs no token: health checks, which load
-// balancers and orchestrators make without one, and server reflection,
-// which describes the schema only.
-func open(procedure string) bool {
-	return strings.HasPrefix(procedure, "/grpc.health.v1.Health/") || strings.HasPrefix(procedure, "/grpc.reflection.")
+// file's tokens, except health checks, which load balancers and
+// orchestrators make without one, and server reflection, which describes
+// the schema only, unless guardReflection is set (it then needs read).
+// With a nil file it lets everything through.
+func Interceptor(f *File, guardReflection bool) connect.Interceptor {
+	return interceptor{f: f, guardReflection: guardReflection}
 }
+
+type interceptor struct {
+	f               *File
+	guardReflection bool
+}
+
+// open reports whether procedure needs no token.
+func (i interceptor) open(procedure string) bool {
+	return strings.HasPrefix(procedure, "/grpc.health.v1.Health/") || (!i.guardReflection && isReflection(procedure))
+}
+
+func isReflection(procedure string) bool { return strings.HasPrefix(procedure, "/grpc.reflection.") }
 
 func (i interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if i.f != nil && !req.Spec().IsClient && !open(req.Spec().Procedure) {
+		if i.f != nil && !req.Spec().IsClient && !i.open(req.Spec().Procedure) {
 			if _, err := Check(i.f.Tokens(), req.Header(), req.Spec()); err != nil {
 				return nil, err
 			}
@@ -329,7 +344,7 @@ func (i interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conne
 
 func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		if i.f != nil && !open(conn.Spec().Procedure) {
+		if i.f != nil && !i.open(conn.Spec().Procedure) {
 			if _, err := Check(i.f.Tokens(), conn.RequestHeader(), conn.Spec()); err != nil {
 				return err
 			}
@@ -366,4 +381,45 @@ func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.St
 
 func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
+}
+
+// AdminHandler guards a process's admin endpoints (metrics, profiles,
+// circuit states) with f: every request but GET /healthz needs a bearer
+// token of the admin scope. With a nil file it returns h unchanged.
+func AdminHandler(f *File, h http.Handler) http.Handler {
+	if f == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			h.ServeHTTP(w, r)
+			return
+		}
+		code, err := checkAdmin(f.Tokens(), r.Header)
+		if err != nil {
+			if code == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="flux admin"`)
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// checkAdmin is Check for the admin port's plain HTTP requests: 401 for a
+// missing or unknown token, 403 for one without the admin scope.
+func checkAdmin(tokens *Tokens, h http.Header) (int, error) {
+	raw, ok := strings.CutPrefix(h.Get(Header), "Bearer ")
+	if !ok {
+		return http.StatusUnauthorized, ErrNoToken
+	}
+	tok, ok := tokens.Lookup(strings.TrimSpace(raw))
+	if !ok {
+		return http.StatusUnauthorized, ErrBadToken
+	}
+	if tok.Scope < ScopeAdmin {
+		return http.StatusForbidden, fmt.Errorf("token %q has scope %s; the admin port needs %s", tok.Name, tok.Scope, ScopeAdmin)
+	}
+	return http.StatusOK, nil
 }

@@ -30,6 +30,7 @@ package cdc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -86,7 +87,10 @@ type Source interface {
 
 // Config configures a Relay. URL, NodeID and CheckpointDir are required.
 type Config struct {
-	URL      string // AMQP URL of the broker, e.g. amqp://guest:guest@127.0.0.1:5672/
+	URL string // AMQP URL of the broker, e.g. amqp://guest:guest@127.0.0.1:5672/ (amqps:// for TLS)
+	// TLS configures amqps:// connections (nil: the system's roots, no
+	// client certificate; the URL's host is the name checked).
+	TLS      *tls.Config
 	NodeID   string // the node whose log is relayed: routing key, message id and headers carry it
 	Exchange string // durable topic exchange, declared by the relay (default DefaultExchange)
 	// Queue, if set, is a durable queue the relay declares and binds to the

@@ -110,7 +110,7 @@ func (r *Relay) stopping() bool { return r.stopCtx.Err() != nil }
 func (r *Relay) connect() (*amqp.Connection, *amqp.Channel, error) {
 	props := amqp.NewConnectionProperties()
 	props["connection_name"] = "flux-cdc " + r.cfg.NodeID
-	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Dial: r.dial, Properties: props})
+	conn, err := amqp.DialConfig(r.cfg.URL, amqp.Config{Dial: r.dial, Properties: props, TLSClientConfig: r.cfg.TLS.Clone()})
 	if err != nil {
 		r.forgetConn()
 		return nil, nil, fmt.Errorf("dial: %w", err)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -22,13 +23,33 @@ type Server struct {
 	clientURL string
 }
 
+// Option configures Start.
+type Option func(*embed.Config)
+
+// WithClientTLS serves clients over TLS only, with the certificate and key
+// in these PEM files; the client URL must then be https://. With caFile,
+// every client must present a certificate signed by a CA in it.
+func WithClientTLS(certFile, keyFile, caFile string) Option {
+	return func(cfg *embed.Config) {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       certFile,
+			KeyFile:        keyFile,
+			TrustedCAFile:  caFile,
+			ClientCertAuth: caFile != "",
+		}
+	}
+}
+
 // Start runs etcd with its data in dir, serving clients on clientURL (for
 // example http://127.0.0.1:2379; port 0 picks a free port). It returns once
 // etcd serves, or an error within 30 seconds.
-func Start(dir, clientURL string) (*Server, error) {
+func Start(dir, clientURL string, opts ...Option) (*Server, error) {
 	cu, err := url.Parse(clientURL)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client url %q: %w", clientURL, err)
+	}
+	if cu.Scheme != "http" && cu.Scheme != "https" {
+		return nil, fmt.Errorf("etcd client url %q: want http:// or https://", clientURL)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create etcd dir: %w", err)
@@ -36,14 +57,14 @@ func Start(dir, clientURL string) (*Server, error) {
 	// The peer port is picked before etcd binds it, so another process can
 	// take it in between: try a few ports before giving up.
 	for attempt := 1; ; attempt++ {
-		srv, err := start(dir, cu)
+		srv, err := start(dir, cu, opts)
 		if err == nil || attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
 			return srv, err
 		}
 	}
 }
 
-func start(dir string, cu *url.URL) (*Server, error) {
+func start(dir string, cu *url.URL, opts []Option) (*Server, error) {
 	peer, err := freeLoopbackURL()
 	if err != nil {
 		return nil, err
@@ -64,6 +85,12 @@ func start(dir string, cu *url.URL) (*Server, error) {
 	// Keep the history a restarted watcher needs, without growing forever.
 	cfg.AutoCompactionMode = "revision"
 	cfg.AutoCompactionRetention = "10000"
+	for _, opt := range opts {
+		opt(cfg)
+	}
+	if (cu.Scheme == "https") != !cfg.ClientTLSInfo.Empty() {
+		return nil, fmt.Errorf("etcd client url %s: https:// goes with WithClientTLS, http:// without", cu)
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd: %w", err)
@@ -77,7 +104,7 @@ func start(dir string, cu *url.URL) (*Server, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s did not become ready in 30s", dir)
 	}
-	return &Server{etcd: e, clientURL: "http://" + e.Clients[0].Addr().String()}, nil
+	return &Server{etcd: e, clientURL: cu.Scheme + "://" + e.Clients[0].Addr().String()}, nil
 }
 
 // ClientURL is the URL clients connect to, with the port resolved.

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/descriptorpb"
 
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/schema"
 )
 
@@ -22,16 +23,17 @@ import (
 // reflection from a live instance for any other.
 type schemaSource struct {
 	http   connect.HTTPClient
+	token  string             // the gateway's peer token, for instances that guard reflection
 	local  protodesc.Resolver // Flux-KV's files, then the process's
 	global *protoregistry.Files
 }
 
-func newSchemaSource(httpClient connect.HTTPClient) (*schemaSource, error) {
+func newSchemaSource(httpClient connect.HTTPClient, token string) (*schemaSource, error) {
 	local, err := schema.Resolver()
 	if err != nil {
 		return nil, err
 	}
-	return &schemaSource{http: httpClient, local: local, global: protoregistry.GlobalFiles}, nil
+	return &schemaSource{http: httpClient, token: token, local: local, global: protoregistry.GlobalFiles}, nil
 }
 
 // resolved is a service's descriptor and the files that define it, for
@@ -47,7 +49,7 @@ func (s *schemaSource) resolve(ctx context.Context, service, baseURL string) (*r
 	if res, ok := s.compiled(service); ok {
 		return res, nil
 	}
-	client := grpcreflect.NewClient(s.http, baseURL, connect.WithGRPC())
+	client := grpcreflect.NewClient(s.http, baseURL, connect.WithGRPC(), connect.WithInterceptors(auth.Bearer(s.token)))
 	stream := client.NewStream(ctx)
 	defer stream.Close()
 	protos := map[string]*descriptorpb.FileDescriptorProto{}

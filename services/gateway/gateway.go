@@ -88,6 +88,8 @@ type Config struct {
 	// gateway's own calls to nodes (their statistics, for Status).
 	Auth      *auth.File
 	PeerToken string
+	// AuthReflection makes server reflection need a token (read) too.
+	AuthReflection bool
 	// Insecure acknowledges listeners reachable from other hosts without
 	// TLS; without it the gateway logs a loud warning for each.
 	Insecure bool
@@ -235,7 +237,7 @@ func New(cfg Config) (_ *Gateway, err error) {
 			g.closeAll()
 		}
 	}()
-	if g.schemas, err = newSchemaSource(g.backendHTTP); err != nil {
+	if g.schemas, err = newSchemaSource(g.backendHTTP, cfg.PeerToken); err != nil {
 		return nil, err
 	}
 	cluster, ok := g.schemas.compiled(clusterv1connect.ClusterServiceName)
@@ -266,7 +268,7 @@ func New(cfg Config) (_ *Gateway, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("register rpc client metrics: %w", err)
 	}
-	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth))...)}
+	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth, cfg.AuthReflection))...)}
 	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics, auth.Bearer(cfg.PeerToken))...)}
 
 	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler(), rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP}); err != nil {
@@ -410,7 +412,7 @@ func (g *Gateway) adminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/", admin.NewHandler(g.cfg.Registry, g.healthy))
 	mux.HandleFunc("GET /breakers", g.serveBreakers)
-	return mux
+	return auth.AdminHandler(g.cfg.Auth, mux)
 }
 
 func (g *Gateway) healthy() error {

@@ -56,6 +56,7 @@ func (n *Node) newRelay() error {
 	n.relaySrc = &eventSource{events: n.events, logger: n.cfg.Logger}
 	relay, err := cdc.New(cdc.Config{
 		URL:           n.cfg.AMQPURL,
+		TLS:           n.cfg.AMQPTLS,
 		NodeID:        n.cfg.NodeID,
 		Queue:         n.cfg.CDCQueue,
 		CheckpointDir: n.cfg.DataDir,

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fluxkv/fluxkv/platform/admin"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/platform/store"
 )
@@ -101,7 +102,7 @@ func (n *Node) adminHandler(registry prometheus.Gatherer) http.Handler {
 			http.Error(w, "rewrite failed: "+err.Error(), http.StatusInternalServerError)
 		}
 	})
-	return mux
+	return auth.AdminHandler(n.cfg.Auth, mux)
 }
 
 // refusedError maps a Reserve failure: nothing was written, so the client

@@ -99,7 +99,8 @@ type Config struct {
 	// owners drop them). For tests and disposable data; prefer Join.
 	AcceptKeyMovement bool
 
-	AMQPURL      string        // RabbitMQ URL the CDC relay publishes to; empty turns CDC off
+	AMQPURL      string        // RabbitMQ URL the CDC relay publishes to (amqps:// for TLS); empty turns CDC off
+	AMQPTLS      *tls.Config   // configures amqps:// (nil: the system's roots, no client certificate)
 	CDCQueue     string        // durable queue to declare and bind to the flux.cdc exchange; empty declares none
 	CDCMaxLag    int64         // log loudly when the relay is this many revisions behind (0: no bound)
 	CDCMaxLagAge time.Duration // ... or its oldest unconfirmed event is this old (0: no bound)
@@ -110,6 +111,8 @@ type Config struct {
 	// moving keys: it needs the admin scope).
 	Auth      *auth.File
 	PeerToken string
+	// AuthReflection makes server reflection need a token (read) too.
+	AuthReflection bool
 	// Insecure acknowledges listeners reachable from other hosts without
 	// TLS; without it the node logs a loud warning for each.
 	Insecure bool
@@ -300,7 +303,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	// Not serving until Start has joined the cluster.
 	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
 
-	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, auth.Interceptor(n.cfg.Auth), validation)...)
+	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, auth.Interceptor(n.cfg.Auth, n.cfg.AuthReflection), validation)...)
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
 		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
