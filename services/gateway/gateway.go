@@ -222,7 +222,7 @@ func New(cfg Config) (_ *Gateway, err error) {
 		cfg: cfg,
 		backendHTTP: &http.Client{Transport: &http.Transport{
 			Protocols:       &protocols,
-			TLSClientConfig: cfg.PeerTLS,
+			TLSClientConfig: cfg.PeerTLS.Clone(), // its transport adds h2 to the ALPN list
 			DialContext:     (&net.Dialer{Timeout: time.Second}).DialContext,
 			HTTP2:           &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second},
 		}},

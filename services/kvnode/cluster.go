@@ -100,7 +100,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 		watcher: discovery.NewWatcher(client, cfg.Logger),
 		http: &http.Client{Transport: &http.Transport{
 			Protocols:       &protocols,
-			TLSClientConfig: cfg.PeerTLS,
+			TLSClientConfig: cfg.PeerTLS.Clone(), // its transport adds h2 to the ALPN list
 			DialContext:     (&net.Dialer{Timeout: peerDialTimeout}).DialContext,
 			HTTP2:           &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
 		}},
