@@ -1,8 +1,10 @@
 package amqptest
 
 import (
+	"crypto/tls"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,9 +16,10 @@ import (
 // (Cut) while the test itself still reaches it directly.
 type Proxy struct {
 	t      testing.TB
-	addr   string // host:port the proxy listens on, kept across Cut and Restore
-	target string // the broker's host:port
-	url    string // the broker URL through the proxy
+	addr   string      // host:port the proxy listens on, kept across Cut and Restore
+	target string      // the broker's host:port
+	url    string      // the broker URL through the proxy
+	tls    *tls.Config // set: clients speak TLS to the proxy (amqps://)
 	wg     sync.WaitGroup
 
 	frozen atomic.Bool // hold data instead of forwarding it
@@ -30,6 +33,20 @@ type Proxy struct {
 // goroutines waited for, when the test ends.
 func NewProxy(t testing.TB, brokerURL string) *Proxy {
 	t.Helper()
+	return newProxy(t, brokerURL, nil)
+}
+
+// NewTLSProxy is a proxy that clients reach over TLS, with the server
+// configuration cfg, and that forwards in cleartext to the broker: a
+// broker that serves amqps://, as far as its clients can tell. URL is then
+// an amqps:// URL.
+func NewTLSProxy(t testing.TB, brokerURL string, cfg *tls.Config) *Proxy {
+	t.Helper()
+	return newProxy(t, brokerURL, cfg)
+}
+
+func newProxy(t testing.TB, brokerURL string, cfg *tls.Config) *Proxy {
+	t.Helper()
 	u, err := url.Parse(brokerURL)
 	if err != nil {
 		t.Fatalf("broker URL does not parse: %v", err)
@@ -38,8 +55,11 @@ func NewProxy(t testing.TB, brokerURL string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{t: t, addr: ln.Addr().String(), target: u.Host, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{t: t, addr: ln.Addr().String(), target: u.Host, tls: cfg, conns: map[net.Conn]struct{}{}}
 	p.url = WithHost(t, brokerURL, p.addr)
+	if cfg != nil {
+		p.url = "amqps" + strings.TrimPrefix(p.url, "amqp")
+	}
 	p.serve(ln)
 	t.Cleanup(func() {
 		p.Cut()
@@ -55,6 +75,9 @@ func (p *Proxy) URL() string { return p.url }
 func (p *Proxy) Addr() string { return p.addr }
 
 func (p *Proxy) serve(ln net.Listener) {
+	if p.tls != nil {
+		ln = tls.NewListener(ln, p.tls)
+	}
 	p.mu.Lock()
 	p.ln = ln
 	p.mu.Unlock()

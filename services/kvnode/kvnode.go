@@ -326,8 +326,10 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	if err != nil {
 		return nil, err
 	}
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	// Reflection is open unless AuthReflection asks for a token.
+	guard := connect.WithInterceptors(auth.Interceptor(n.cfg.Auth, n.cfg.AuthReflection))
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, guard))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, guard))
 	mux.Handle(grpchealth.NewHandler(n.health))
 
 	var h http.Handler = mux
