@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fluxkv/fluxkv/platform/auth"
 )
 
 // TestWebConsole drives the web console in a real Chromium against
@@ -27,6 +29,48 @@ import (
 // Screenshots of every view go to a temporary directory; with -update,
 // the one of the keys view replaces docs/console.png.
 func TestWebConsole(t *testing.T) {
+	b := newConsoleBrowser(t)
+	gateway, _ := startDev(t)
+	shots := b.run(t, gateway)
+	if *update {
+		png, err := os.ReadFile(filepath.Join(shots, "console.png"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(b.root, "docs", "console.png"), png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWebConsoleTokens drives the console against `flux dev --auth-file`,
+// over gRPC-Web and over Connect: without a token it says one is needed;
+// with a read token it reads keys and its puts are refused for the
+// token's scope; with a write token, given in the header's field or in a
+// #token= link (which the address bar then no longer shows), it writes;
+// the token lasts for the tab only, Forget drops it, and no token ever
+// shows in the page. It needs what TestWebConsole needs.
+func TestWebConsoleTokens(t *testing.T) {
+	b := newConsoleBrowser(t)
+	path, tokens := writeTokenFile(t, auth.ScopeRead, auth.ScopeWrite)
+	gateway, _ := startDev(t, "--auth-file", path)
+	// The tokens travel in the environment, out of the process list.
+	b.run(t, gateway, "FLUX_TEST_READ_TOKEN="+tokens[auth.ScopeRead], "FLUX_TEST_WRITE_TOKEN="+tokens[auth.ScopeWrite])
+}
+
+// consoleBrowser is what the browser tests run with: the repository, Node
+// and Chromium.
+type consoleBrowser struct {
+	root     string // the repository's root, where node_modules is
+	node     string
+	chromium string
+}
+
+// newConsoleBrowser finds Node, the npm dependencies and Chromium, and
+// skips the test when one is missing, except in CI, where .ci/run installs
+// them and a missing one fails it.
+func newConsoleBrowser(t *testing.T) consoleBrowser {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a dev cluster and a browser")
 	}
@@ -50,14 +94,20 @@ func TestWebConsole(t *testing.T) {
 		}
 		t.Skipf("the browser test cannot run (%v); it needs node, chromium and npm ci at the repository root", err)
 	}
+	return consoleBrowser{root: root, node: node, chromium: chromium}
+}
 
-	gateway, _ := startDev(t)
-	shots := t.TempDir()
+// run runs web/test/console.test.mjs against gateway, with env added to
+// the test's environment, fails the test if the script does, and returns
+// the directory holding its screenshots.
+func (b consoleBrowser) run(t *testing.T, gateway string, env ...string) (shots string) {
+	t.Helper()
+	shots = t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, node, filepath.Join("web", "test", "console.test.mjs"), gateway, shots)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CHROMIUM="+chromium)
+	cmd := exec.CommandContext(ctx, b.node, filepath.Join("web", "test", "console.test.mjs"), gateway, shots)
+	cmd.Dir = b.root
+	cmd.Env = append(append(environWithout("FLUX_TEST_READ_TOKEN", "FLUX_TEST_WRITE_TOKEN"), "CHROMIUM="+b.chromium), env...)
 	// On timeout the script gets SIGTERM, on which Playwright closes
 	// Chromium before the script exits; one that has not exited a while
 	// later is killed, and Chromium, reading its end of a pipe to the
@@ -69,13 +119,5 @@ func TestWebConsole(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the browser test failed: %v (run by hand, node web/test/console.test.mjs GATEWAY_URL DIR keeps its screenshots)", err)
 	}
-	if *update {
-		png, err := os.ReadFile(filepath.Join(shots, "console.png"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, "docs", "console.png"), png, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return shots
 }

@@ -4,7 +4,7 @@
 // gateways; the answering gateway's circuits.
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { CircuitState, type Member, type StatusResponse } from "../../gen/ts/flux/cluster/v1/cluster_pb.js";
-import { cluster } from "./client.js";
+import { cluster, onTokenChange } from "./client.js";
 import { h, mount } from "./dom.js";
 import { describe } from "./errors.js";
 import { formatAge, formatBytes } from "./format.js";
@@ -100,6 +100,7 @@ export function clusterView(): ClusterView {
       h("td", null, age(m.startedAt)));
   }
 
+  onTokenChange(() => timer !== undefined && void refresh());
   return {
     el: h("section", { id: "cluster", class: "view", "aria-label": "Cluster" },
       h("div", { class: "toolbar" }, h("button", { type: "button", id: "cluster-refresh", onclick: () => void refresh() }, "Refresh")),

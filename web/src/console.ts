@@ -1,7 +1,9 @@
 // The Flux-KV web console: a page served by the gateway at /ui/ that talks
 // back to it over gRPC-Web with the code generated from proto/. Three
-// views, one per tab: Keys, Live changes and Cluster.
+// views, one per tab: Keys, Live changes and Cluster; the header holds the
+// bearer token field for gateways that check tokens.
 import "./console.css";
+import { tokenField } from "./auth.js";
 import { baseUrl, protocol } from "./client.js";
 import { clusterView } from "./cluster.js";
 import { h, mount } from "./dom.js";
@@ -38,7 +40,8 @@ mount(document.body,
     h("div", { class: "brand" }, "Flux-KV", h("span", null, "console")),
     h("nav", { role: "tablist" }, links),
     h("div", { class: "endpoint mono", title: "the gateway this console talks to" },
-      baseUrl, " · ", protocol === "connect" ? "Connect" : "gRPC-Web")),
+      baseUrl, " · ", protocol === "connect" ? "Connect" : "gRPC-Web"),
+    tokenField()),
   h("main", null, Object.values(views)));
 addEventListener("hashchange", show);
 show();

@@ -1,6 +1,7 @@
 // Errors as the console shows them: the code, the server's message, and
 // what the details say (protovalidate's violations by field, a failed
-// condition, a compacted watch).
+// condition, a compacted watch). A refused token gets a summary that says
+// what to do about it.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ViolationsSchema, type FieldPath } from "../../gen/ts/buf/validate/validate_pb.js";
 import { ConditionFailureSchema, WatchCompactedSchema } from "../../gen/ts/flux/kv/v1/kv_pb.js";
@@ -40,8 +41,26 @@ export function describe(err: unknown): Problem {
   for (const w of e.findDetails(WatchCompactedSchema)) {
     notes.push(`node ${w.nodeId} no longer holds changes before revision ${w.oldestRevision}`);
   }
+  const advice = tokenAdvice[e.code];
+  if (advice) {
+    // The server's message says which: no token, a token it does not
+    // know, or the scope the method needs. It never holds the token.
+    notes.unshift(`The gateway said: ${e.rawMessage}`);
+    return { code, summary: `${code}: ${advice}`, fields, notes };
+  }
   return { code, summary: `${code}: ${e.rawMessage}`, fields, notes };
 }
+
+/**
+ * tokenAdvice is the summary of the codes a gateway started with
+ * --auth-file answers when it refuses a call's token (see
+ * docs/security.md), for the people who can fix it.
+ */
+const tokenAdvice: Partial<Record<Code, string>> = {
+  [Code.Unauthenticated]: "a valid token is needed. Enter a bearer token in the token field at the top of the page.",
+  [Code.PermissionDenied]: "the token's scope is too small for this. Reading needs a read token, writing a write token, " +
+    "cluster operations an admin token: enter one with a larger scope in the token field at the top of the page.",
+};
 
 /** codeName spells a code as the Connect protocol does. */
 export function codeName(code: Code): string {

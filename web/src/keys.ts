@@ -5,7 +5,7 @@ import { durationMs } from "@bufbuild/protobuf/wkt";
 import type { Duration } from "@bufbuild/protobuf/wkt";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { KeyValue, PutRequestSchema } from "../../gen/ts/flux/kv/v1/kv_pb.js";
-import { kv } from "./client.js";
+import { kv, onTokenChange } from "./client.js";
 import { h, mount } from "./dom.js";
 import { describe, type Problem } from "./errors.js";
 import {
@@ -316,6 +316,13 @@ export function keysView(): HTMLElement {
   }
 
   syncCondition();
+  // A new token (or none) may see what the last one could not: ask again.
+  onTokenChange(() => {
+    void load();
+    if (selected !== undefined) {
+      void select(selected);
+    }
+  });
   void load();
   mount(detail, h("p", { class: "muted" }, "Select a key to see its value, revision and TTL."));
   return h("section", { id: "keys", class: "view", "aria-label": "Keys" },

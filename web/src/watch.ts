@@ -9,7 +9,7 @@
 // Pausing does the same until Resume.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Op, type ChangeEvent } from "../../gen/ts/flux/cdc/v1/change_event_pb.js";
-import { kv } from "./client.js";
+import { kv, onTokenChange } from "./client.js";
 import { h, mount } from "./dom.js";
 import { follow, type FollowState } from "./follow.js";
 import { formatClock, preview } from "./format.js";
@@ -157,6 +157,19 @@ export function watchView(): WatchView {
     rows.replaceChildren();
   }
 
+  // A stream checks its token when it opens: with a new one, a watch that
+  // runs, or that failed (for want of a token, most likely), starts again
+  // from where the feed left off.
+  onTokenChange(() => {
+    if (!run && status.dataset.state !== "failed") {
+      return;
+    }
+    run?.abort();
+    run = undefined;
+    want = "watch";
+    marker("token changed; watching again");
+    sync();
+  });
   document.addEventListener("visibilitychange", sync);
   setState("suspended", "The feed starts when this view is open.");
   return {

@@ -10,13 +10,24 @@
 // one Status at a time, with a deadline, and warns when there are no
 // members. It saves a screenshot of each view.
 //
+// With FLUX_TEST_READ_TOKEN and FLUX_TEST_WRITE_TOKEN set, the gateway is
+// one that checks tokens (flux dev --auth-file), and the script checks the
+// console's token field instead, over both protocols: without a token the
+// console says one is needed; with the read token it reads, and a put says
+// the token's scope is too small; with the write token, given in the
+// field or in a #token= link, it writes; the token lasts for the tab
+// only, Forget drops it, and no token ever shows in the page. The tokens
+// come from the environment, out of the process list, and the script
+// never prints them.
+//
 //	node web/test/console.test.mjs GATEWAY_URL [SCREENSHOT_DIR]
 //
 // It uses the system's Chromium (/usr/bin/chromium, or $CHROMIUM) through
 // playwright-core and never downloads a browser. It exits 0 when every step
 // passed and 1 otherwise; on SIGTERM, Playwright closes the browser before
 // the script exits. cmd/flux's TestWebConsole runs it against an
-// in-process `flux dev`.
+// in-process `flux dev`, and TestWebConsoleTokens against an in-process
+// `flux dev --auth-file`.
 import { mkdir, rm } from "node:fs/promises";
 import { createConnection, createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
@@ -36,6 +47,8 @@ await rm(join(shots, "failure.png"), { force: true });
 // a step may take before the test gives up, not a timing under test.
 const waitLimit = 15_000;
 const run = Date.now().toString(36);
+const readToken = process.env.FLUX_TEST_READ_TOKEN ?? "";
+const writeToken = process.env.FLUX_TEST_WRITE_TOKEN ?? "";
 
 // The browser reaches the gateway through this proxy, which the test can
 // cut: it ends every open connection (the console's Watch stream among
@@ -77,14 +90,15 @@ const context = await browser.newContext({ viewport: { width: 1360, height: 860 
 const problems = [];
 
 // open opens the console in a new page and watches it for errors and for
-// the calls it makes.
-async function open(query = "", fragment = "") {
+// the calls it makes. calls.authorization holds, for each call to the API
+// in order, a promise of its Authorization header ("" for none).
+async function open(query = "", fragment = "", expectErrors = false) {
   const page = await context.newPage();
   page.setDefaultTimeout(waitLimit);
   // expectErrors is set while a step makes calls that should fail: over
   // the Connect protocol a refused call is an HTTP error, which the
   // browser logs.
-  const calls = { watchesStarted: 0, openWatches: new Set(), contentTypes: new Set(), expectErrors: false };
+  const calls = { watchesStarted: 0, openWatches: new Set(), contentTypes: new Set(), expectErrors, authorization: [] };
   page.on("pageerror", (err) => problems.push(`page error: ${err.message}`));
   page.on("console", (msg) => {
     // Calls the test cuts off log network errors, and Chromium asks the
@@ -103,6 +117,7 @@ async function open(query = "", fragment = "") {
   page.on("request", (req) => {
     if (/\/flux\.(kv|cluster)\.v1\./.test(req.url())) {
       calls.contentTypes.add(req.headers()["content-type"]);
+      calls.authorization.push(req.allHeaders().then((h) => h.authorization ?? ""));
     }
     if (req.url().endsWith("/flux.kv.v1.KVService/Watch")) {
       calls.watchesStarted++;
@@ -135,11 +150,12 @@ async function until(what, cond) {
   }
 }
 
-// api calls the gateway the way any program would: Connect, JSON, POST.
+// api calls the gateway the way any program would: Connect, JSON, POST,
+// with the write token when the gateway checks tokens.
 async function api(method, body) {
   const res = await fetch(`${gateway}/flux.kv.v1.KVService/${method}`, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...(writeToken ? { Authorization: `Bearer ${writeToken}` } : {}) },
     body: JSON.stringify(body),
   });
   const text = await res.text();
@@ -473,6 +489,157 @@ async function scenario(protocol) {
   await page.close();
 }
 
+// tokens checks the console against a gateway that checks tokens, over one
+// protocol. A new page is a new tab, with sessionStorage of its own.
+async function tokens(protocol) {
+  const tag = `[${protocol}, --auth-file]`;
+  const query = protocol === "connect" ? "?protocol=connect" : "";
+  const prefix = `console-token-test-${run}-${protocol}/`;
+  const key = `${prefix}written-by-api`;
+  await api("Put", { key, value: b64("written with the write token") });
+  // Every refusal over Connect is an HTTP 401 or 403 the browser logs.
+  let { page, calls } = await open(query, "", true);
+  current = page;
+  const waitState = (want) => page.waitForFunction((want) => document.querySelector("#watch-status")?.dataset.state === want, want);
+  const tokenState = (text) => page.locator("#token-state", { hasText: text }).waitFor();
+  const lastAuthorization = async () => {
+    await until("a call to the API", () => calls.authorization.length > 0);
+    return calls.authorization.at(-1);
+  };
+  const useToken = async (token) => {
+    await page.fill("#token-input", token);
+    await page.click("#token-use");
+    await tokenState("Token set");
+    if (await page.inputValue("#token-input") !== "") {
+      throw new Error("the token field still holds the token once it is in use");
+    }
+  };
+  const scan = async () => {
+    await page.fill("#scan-prefix", prefix);
+    await page.click("#scan-form button[type=submit]");
+  };
+  const put = async (k, value) => {
+    await page.fill("#put-key", k);
+    await page.fill("#put-value", value);
+    await page.selectOption("#put-encoding", "text");
+    await page.fill("#put-ttl", "");
+    await page.selectOption("#put-condition", "");
+    await page.click("#put-submit");
+  };
+  // noTokenShown checks the page's text, markup, form fields, title and
+  // address for either token, without bringing the page's text back to
+  // the test, whose output must not hold a token either.
+  const noTokenShown = async (when) => {
+    const shown = await page.evaluate((tokens) => {
+      const fields = [...document.querySelectorAll("input, textarea, select")].map((el) => el.value);
+      const seen = [document.body.innerText, document.documentElement.outerHTML, document.title, location.href, ...fields];
+      return tokens.filter((t) => seen.some((s) => s.includes(t))).length;
+    }, [readToken, writeToken]);
+    if (shown !== 0 || [readToken, writeToken].some((t) => page.url().includes(t))) {
+      throw new Error(`the page shows a token ${when}`);
+    }
+  };
+
+  await check(`${tag} without a token, the console says a token is needed, and sends none`, async () => {
+    await tokenState("No token");
+    await page.locator('#scan-status[data-kind="error"]', { hasText: "unauthenticated: a valid token is needed" }).waitFor();
+    await page.locator("#scan-status", { hasText: "token field" }).waitFor();
+    await page.click("#tab-watch");
+    await waitState("failed");
+    await page.locator("#watch-status", { hasText: "a valid token is needed" }).waitFor();
+    await page.click("#tab-keys");
+    const sent = (await Promise.all(calls.authorization)).filter((a) => a !== "");
+    if (sent.length) {
+      throw new Error(`${sent.length} calls carried an Authorization header without a token`);
+    }
+    await noTokenShown("without a token");
+  });
+
+  await check(`${tag} with a read token, keys can be read, and a put says the token's scope is too small`, async () => {
+    await useToken(readToken);
+    await scan();
+    await page.locator(`#key-rows tr[data-key="${key}"]`).click();
+    await page.locator("#detail-value", { hasText: "written with the write token" }).waitFor();
+    if (await lastAuthorization() !== `Bearer ${readToken}`) {
+      throw new Error("the read was not sent with Authorization: Bearer and the read token");
+    }
+    // The feed, refused before, watches again with the token (read may watch).
+    await page.click("#tab-watch");
+    await waitState("live");
+    await page.click("#tab-keys");
+    await put(`${prefix}by-reader`, "refused");
+    await page.locator('#put-status[data-kind="error"]', { hasText: "permission_denied: the token's scope is too small" }).waitFor();
+    await page.locator("#put-status", { hasText: "needs write" }).waitFor();
+    if ((await api("Get", { key: `${prefix}by-reader` })).found) {
+      throw new Error("a put with a read token wrote the key");
+    }
+    if (protocol === "grpcweb") {
+      await page.screenshot({ path: join(shots, "token-scope.png") });
+    }
+    await noTokenShown("with a read token");
+  });
+
+  await check(`${tag} with a write token, keys can be put and read`, async () => {
+    await useToken(writeToken);
+    await put(`${prefix}by-writer`, "written in the console");
+    await page.locator("#put-status", { hasText: `Put “${prefix}by-writer” at revision` }).waitFor();
+    await page.locator("#detail-value", { hasText: "written in the console" }).waitFor();
+    if (Buffer.from((await api("Get", { key: `${prefix}by-writer` })).value ?? "", "base64").toString() !== "written in the console") {
+      throw new Error("the put through the console did not write the key");
+    }
+    if (await lastAuthorization() !== `Bearer ${writeToken}`) {
+      throw new Error("the call was not sent with Authorization: Bearer and the write token");
+    }
+    await noTokenShown("with a write token");
+  });
+
+  await check(`${tag} the token is kept in sessionStorage, for this tab only`, async () => {
+    const kept = await page.evaluate((t) => ({
+      session: Object.values(sessionStorage).includes(t),
+      local: localStorage.length,
+    }), writeToken);
+    if (!kept.session || kept.local !== 0) {
+      throw new Error(`the token is kept in sessionStorage: ${kept.session}; localStorage holds ${kept.local} items, want 0`);
+    }
+    await page.reload();
+    await tokenState("Token set");
+    await page.waitForFunction(() => document.querySelector("#scan-status")?.dataset.kind === "ok");
+    await page.close();
+    ({ page, calls } = await open(query, "", true));
+    current = page;
+    await tokenState("No token");
+    await page.locator('#scan-status[data-kind="error"]', { hasText: "unauthenticated" }).waitFor();
+    await page.close();
+  });
+
+  await check(`${tag} a #token= link sets the token once and leaves the address bar`, async () => {
+    ({ page, calls } = await open(query, `#watch&token=${encodeURIComponent(writeToken)}`, true));
+    current = page;
+    await tokenState("Token set");
+    // The tab the link named stays in the address bar; the token leaves it.
+    await until("the token to leave the address bar", () => page.url().endsWith(`/ui/${query}#watch`));
+    await page.locator("#tab-watch[aria-selected=true]").waitFor();
+    await waitState("live");
+    await page.click("#tab-keys");
+    await put(`${prefix}by-link`, "written with the link's token");
+    await page.locator("#put-status", { hasText: `Put “${prefix}by-link” at revision` }).waitFor();
+    await noTokenShown("after a #token= link");
+  });
+
+  await check(`${tag} Forget drops the token`, async () => {
+    await page.click("#token-forget");
+    await tokenState("No token");
+    await page.locator('#scan-status[data-kind="error"]', { hasText: "unauthenticated" }).waitFor();
+    if (await page.evaluate(() => sessionStorage.length) !== 0) {
+      throw new Error("sessionStorage still holds the token after Forget");
+    }
+    if (await lastAuthorization() !== "") {
+      throw new Error("a call after Forget carried an Authorization header");
+    }
+  });
+  await page.close();
+}
+
 // clusterPolling checks, on a fake clock and with the gateway's answers
 // held back, that the cluster view asks one Status at a time, with a
 // deadline, and warns when the cluster has no members.
@@ -539,9 +706,14 @@ async function clusterPolling() {
 }
 
 try {
-  await scenario("grpcweb");
-  await scenario("connect");
-  await clusterPolling();
+  if (readToken && writeToken) {
+    await tokens("grpcweb");
+    await tokens("connect");
+  } else {
+    await scenario("grpcweb");
+    await scenario("connect");
+    await clusterPolling();
+  }
   if (problems.length) {
     step = "no errors in the page";
     throw new Error(problems.join("\n"));

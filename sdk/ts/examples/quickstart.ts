@@ -4,8 +4,9 @@
 //	npx tsx examples/quickstart.ts [endpoint] [connect|grpc|grpcweb]
 //
 // It writes, reads, scans, watches and deletes keys under "ts-example/",
-// and prints one line per step.
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
+// and prints one line per step. Against a server started with --auth-file
+// it needs a token of scope write in FLUX_TOKEN.
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -17,9 +18,19 @@ import { ConditionFailureSchema, KVService, Op } from "../src/index.js";
 const baseUrl = process.argv[2] ?? process.env.FLUX_ENDPOINT ?? "http://127.0.0.1:7700";
 const protocol = process.argv[3] ?? "connect";
 
+// A server started with --auth-file wants a bearer token on every call.
+// The token comes from the environment, not the command line, where other
+// users could read it in the process list; an interceptor sends it, on
+// unary calls and streams alike.
+const token = process.env.FLUX_TOKEN ?? "";
+const bearer: Interceptor = (next) => (req) => {
+  req.header.set("Authorization", `Bearer ${token}`);
+  return next(req);
+};
+
 // Every transport speaks HTTP/2; on http:// URLs that is h2c, which the
 // gRPC protocol needs. Connect and gRPC-Web also work over HTTP/1.1.
-const options = { baseUrl, httpVersion: "2" as const };
+const options = { baseUrl, httpVersion: "2" as const, interceptors: token ? [bearer] : [] };
 const transport =
   protocol === "grpc" ? createGrpcTransport(options)
   : protocol === "grpcweb" ? createGrpcWebTransport(options)
