@@ -13,6 +13,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -72,6 +73,10 @@ type Options struct {
 	// ClientAuth and ClientCAs decide whether clients need certificates.
 	TLS    *tls.Config
 	Limits Limits
+	// Logger receives the HTTP server's own errors (failed TLS handshakes,
+	// malformed requests) at debug level: clients cause them, and scanners
+	// on an exposed port would flood a higher level. Nil discards them.
+	Logger *slog.Logger
 }
 
 // Server is an HTTP server bound to a listener. Create it with Listen, run it
@@ -126,7 +131,12 @@ func Listen(addr string, handler http.Handler, opts Options) (*Server, error) {
 		protocols.SetUnencryptedHTTP2(true)
 	}
 	pool := newWorkers(handler)
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	srv := &http.Server{
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		Handler:           pool,
 		Protocols:         &protocols,
 		TLSConfig:         tlsConfig,

@@ -271,10 +271,10 @@ func New(cfg Config) (_ *Gateway, err error) {
 	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth, cfg.AuthReflection))...)}
 	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics, auth.Bearer(cfg.PeerToken))...)}
 
-	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler(), rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP}); err != nil {
+	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler(), rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
 	}
-	if g.admin, err = rpcserver.Listen(cfg.AdminListen, g.adminHandler(), rpcserver.Options{TLS: cfg.TLS}); err != nil {
+	if g.admin, err = rpcserver.Listen(cfg.AdminListen, g.adminHandler(), rpcserver.Options{TLS: cfg.TLS, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return g, nil

@@ -278,11 +278,11 @@ func New(cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler, rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP}); err != nil {
+	if n.api, err = rpcserver.Listen(cfg.Listen, apiHandler, rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)
 	}
 	adminHandler := n.adminHandler(registry)
-	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler, rpcserver.Options{TLS: cfg.TLS}); err != nil {
+	if n.admin, err = rpcserver.Listen(cfg.AdminListen, adminHandler, rpcserver.Options{TLS: cfg.TLS, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}
 	return n, nil
