@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 
@@ -33,9 +34,11 @@ var errMalformed = errors.New("malformed record")
 // decodeChange decodes a ChangeEvent's wire form straight into a store
 // change. Replay reads every record of the log, so it skips the generic
 // decoder's message and timestamp allocations: only the key and value are
-// copied out of b. It accepts exactly what proto.Unmarshal accepts for the
-// fields it reads (TestDecodeChangeMatchesProto holds it to that) and skips
-// unknown fields, so newer writers can add some.
+// copied out of b. It accepts what proto.Unmarshal accepts, less an op or
+// a revision no log holds, and nothing more (TestDecodeChangeMatchesProto
+// and FuzzDecodeRecord hold it to that): readers hand records on as they
+// are, to decoders that would refuse more. It skips unknown fields, so
+// newer writers can add some.
 func decodeChange(b []byte) (store.Change, error) {
 	c, _, err := decodeRecord(b)
 	return c, err
@@ -48,11 +51,17 @@ func decodeRecord(b []byte) (c store.Change, internal bool, err error) {
 	var op cdcv1.Op
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		if n < 0 || num > protowire.MaxValidNumber {
 			return c, false, errMalformed
 		}
 		b = b[n:]
 		switch {
+		case num == fieldNodeID && typ == protowire.BytesType:
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 || !utf8.Valid(v) {
+				return c, false, errMalformed
+			}
+			b = b[n:]
 		case num == fieldRevision && typ == protowire.VarintType:
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
@@ -67,7 +76,7 @@ func decodeRecord(b []byte) (c store.Change, internal bool, err error) {
 			op, b = cdcv1.Op(int32(v)), b[n:]
 		case num == fieldKey && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
+			if n < 0 || !utf8.Valid(v) {
 				return c, false, errMalformed
 			}
 			c.Key, b = string(v), b[n:]
@@ -126,7 +135,7 @@ func decodeTimestamp(b []byte) (time.Time, error) {
 	var secs, nanos int64
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+		if n < 0 || num > protowire.MaxValidNumber {
 			return time.Time{}, errMalformed
 		}
 		b = b[n:]

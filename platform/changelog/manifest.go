@@ -125,10 +125,17 @@ func readManifest(fsys FS, dir string) (*manifest, error) {
 	if len(m.Segments) == 0 {
 		return nil, fmt.Errorf("%s: lists no segments", join(dir, manifestName))
 	}
+	// A file named twice would be replayed twice, and a reader at its end
+	// would find it again as the next segment, forever.
+	named := make(map[string]bool)
 	for _, name := range m.allFiles() {
 		if strings.ContainsAny(name, `/\`) || !strings.HasSuffix(name, segmentSuffix) {
 			return nil, fmt.Errorf("%s: bad segment name %q", join(dir, manifestName), name)
 		}
+		if named[name] {
+			return nil, fmt.Errorf("%s: names segment %q twice", join(dir, manifestName), name)
+		}
+		named[name] = true
 	}
 	return &m, nil
 }

@@ -136,10 +136,12 @@ type segmentCursor struct {
 }
 
 // fill reads until buf holds n bytes; false means the file has fewer so far.
+// The buffer grows with the bytes read, not with n: n comes from a length
+// prefix, which the file may never back.
 func (s *segmentCursor) fill(n int) (bool, error) {
 	for len(s.buf) < n {
 		if cap(s.buf)-len(s.buf) < 64<<10 {
-			grown := make([]byte, len(s.buf), max(2*cap(s.buf), len(s.buf)+64<<10, n))
+			grown := make([]byte, len(s.buf), max(2*cap(s.buf), len(s.buf)+64<<10))
 			copy(grown, s.buf)
 			s.buf = grown
 		}

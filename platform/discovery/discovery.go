@@ -264,6 +264,11 @@ func (s *Snapshot) apply(key string, value []byte, createRev int64) error {
 		s.Gateways[id] = inst
 	case strings.HasPrefix(key, MembersPrefix):
 		id := strings.TrimPrefix(key, MembersPrefix)
+		if id == "" {
+			// Routing by the members (a cluster without a ring record) would
+			// fail: a ring has no empty member id.
+			return fmt.Errorf("member key %s: no member id", key)
+		}
 		if value == nil {
 			delete(s.Members, id)
 			return nil
