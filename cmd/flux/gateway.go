@@ -18,6 +18,7 @@ func gatewayCommand() *command {
 		logs    logFlags
 		observe observeFlags
 		secf    securityFlags
+		limf    limitFlags
 	)
 	cfg.Policies.Singleflight = true
 	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
@@ -46,6 +47,7 @@ func gatewayCommand() *command {
 	fs.DurationVar(&cfg.Policies.Breaker.OpenTimeout, "breaker-cooldown", 5*time.Second, "how long an open circuit refuses calls before one probe is let through")
 	fs.BoolVar(&cfg.Policies.Singleflight, "singleflight", cfg.Policies.Singleflight, "share one backend call among identical concurrent calls to methods without side effects")
 	secf.register(fs, false)
+	limf.register(fs)
 	observe.register(fs)
 	logs.register(fs)
 
@@ -67,6 +69,7 @@ func gatewayCommand() *command {
 		}
 		cfg.Logger, cfg.CORSOrigins, cfg.Etcd = logger, cors, etcd
 		cfg.Console = web.Handler()
+		cfg.HTTP = limf.http
 		sec, err := secf.open(env.ctx, logger)
 		if err != nil {
 			return usageError(env, c.name, "%v", err)

@@ -19,6 +19,7 @@ func nodeCommand() *command {
 		logs        logFlags
 		observe     observeFlags
 		secf        securityFlags
+		limf        limitFlags
 		appendFsync = "everysec"
 	)
 	cfg.AppendOnly = true
@@ -43,6 +44,7 @@ func nodeCommand() *command {
 	fs.Int64Var(&cfg.CDCMaxLag, "cdc-max-lag", 100000, "log an error while the CDC relay is more than this many `revisions` behind (0: never)")
 	fs.DurationVar(&cfg.CDCMaxLagAge, "cdc-max-lag-age", time.Minute, "log an error while the oldest change not yet confirmed by RabbitMQ is older than this `duration` (0: never)")
 	secf.register(fs, true)
+	limf.registerNode(fs)
 	observe.register(fs)
 	logs.register(fs)
 
@@ -67,6 +69,7 @@ func nodeCommand() *command {
 		cfg.AppendFsync = policy
 		cfg.CORSOrigins = cors
 		cfg.Etcd = etcd
+		cfg.HTTP, cfg.Limits = limf.http, limf.node
 		sec, err := secf.open(env.ctx, logger)
 		if err != nil {
 			return usageError(env, c.name, "%v", err)

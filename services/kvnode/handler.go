@@ -34,19 +34,22 @@ type handler struct {
 	router        *router
 	validator     protovalidate.Validator
 	maxValueBytes int
+	limits        Limits
 	now           func() time.Time
 }
 
 // newHandler returns a KVService implementation backed by st. Values longer
-// than maxValueBytes are refused with InvalidArgument. validator checks each
-// Batch and Pipeline operation on its own; whole requests are checked by the
-// validation interceptor that the caller installs. now must be the clock st
-// uses, so remaining TTLs agree with expiry. A write is acknowledged only
-// once dur says it is durable. Watch streams the changes events holds.
-func newHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, now func() time.Time, dur durability, events changelog.Events, r *router) kvv1connect.KVServiceHandler {
+// than maxValueBytes are refused with InvalidArgument. validator and limits
+// check each Batch and Pipeline operation on its own; whole requests are
+// checked by the validation interceptor that the caller installs. limits
+// also bound each Pipeline stream's operations in flight; its zero fields
+// take the defaults. now must be the clock st uses, so remaining TTLs agree
+// with expiry. A write is acknowledged only once dur says it is durable.
+// Watch streams the changes events holds.
+func newHandler(st *store.Store, validator protovalidate.Validator, maxValueBytes int, limits Limits, now func() time.Time, dur durability, events changelog.Events, r *router) kvv1connect.KVServiceHandler {
 	return &handler{
 		store: st, dur: dur, events: events, watch: defaultWatchConfig(), router: r,
-		validator: validator, maxValueBytes: maxValueBytes, now: now,
+		validator: validator, maxValueBytes: maxValueBytes, limits: limits.withDefaults(), now: now,
 	}
 }
 
@@ -215,13 +218,22 @@ func (h *handler) scanLocal(msg *kvv1.ScanRequest, limit int) (*kvv1.ScanRespons
 // Responses ready together leave together: while more are queued, the
 // sender holds the flush that follows each message, and it releases the
 // held ones before it waits for anything.
+//
+// At most Limits.MaxPipelineInFlight operations are received and not yet
+// answered: at that many the receiver reads no more until the sender has
+// answered one, so a client that does not read its answers stalls its own
+// stream (HTTP/2 flow control then stops its writes) instead of growing the
+// node's memory.
 func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.PipelineRequest, kvv1.PipelineResponse]) error {
 	type pending struct {
 		resp   *kvv1.PipelineResponse
 		rev    int64                      // a local write to wait for
 		remote chan *kvv1.OperationResult // the result of an operation another node runs
 	}
-	queue := make(chan pending, 1024)
+	// One slot per operation in flight, taken before it is received and
+	// given back once it is answered; the queue never holds more.
+	slots := make(chan struct{}, h.limits.MaxPipelineInFlight)
+	queue := make(chan pending, h.limits.MaxPipelineInFlight)
 	senderDone := make(chan struct{})
 	var sendErr error
 	flushes := rpcserver.Flushes(ctx)
@@ -257,6 +269,7 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 			if sendErr = stream.Send(p.resp); sendErr != nil {
 				return
 			}
+			<-slots
 		}
 	}()
 
@@ -265,6 +278,11 @@ func (h *handler) Pipeline(ctx context.Context, stream *connect.BidiStream[kvv1.
 		defer close(queue)
 		defer remote.close()
 		for {
+			select {
+			case slots <- struct{}{}:
+			case <-senderDone:
+				return nil // the stream is broken; sendErr says why
+			}
 			req, err := stream.Receive()
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -357,6 +375,9 @@ func (h *handler) apply(op *kvv1.Operation) (_ *kvv1.OperationResult, rev int64)
 	}
 	if err := h.validator.Validate(op); err != nil {
 		return errorResult(validationError(err)), 0
+	}
+	if err := h.limits.checkOperation(op); err != nil {
+		return errorResult(err), 0
 	}
 	switch o := op.GetOp().(type) {
 	case *kvv1.Operation_Get:

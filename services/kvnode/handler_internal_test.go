@@ -37,7 +37,7 @@ func TestPipelineFailsUnconfirmedWritesAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(kvv1connect.NewKVServiceHandler(newHandler(st, validator, 1<<20, time.Now, unconfirming{}, nil, &router{self: "solo"})))
+	mux.Handle(kvv1connect.NewKVServiceHandler(newHandler(st, validator, 1<<20, Limits{}, time.Now, unconfirming{}, nil, &router{self: "solo"})))
 	srv, err := rpcserver.Listen("127.0.0.1:0", mux, rpcserver.Options{})
 	if err != nil {
 		t.Fatal(err)

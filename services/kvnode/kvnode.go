@@ -78,6 +78,7 @@ type Config struct {
 	DataDir         string           // directory for the node's files; created if missing
 	NodeID          string           // stable identity of the node: letters, digits, '.', '_', '-'
 	MaxValueBytes   int              // largest value a Put accepts
+	Limits          Limits           // bounds on keys, batches, Pipeline streams and each client's call rate
 	CORSOrigins     []string         // browser origins allowed to call the API; nil means "*"
 	ShutdownTimeout time.Duration    // how long Shutdown lets in-flight calls finish
 	Logger          *slog.Logger     // nil means slog.Default()
@@ -183,7 +184,7 @@ func (c *Config) setDefaults() error {
 	if c.RewriteGrowthPercent == 0 {
 		c.RewriteGrowthPercent = DefaultRewriteGrowthPercent
 	}
-	return nil
+	return c.Limits.setDefaults()
 }
 
 // Node is a running Flux-KV node. Create it with New, then Start it; stop it
@@ -298,7 +299,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	}
 	maxMessage := max(minMessageBytes, n.cfg.MaxValueBytes+messageOverhead)
 	serviceDesc := kvv1.File_flux_kv_v1_kv_proto.Services().ByName("KVService")
-	validation := newRequestValidation(validator, kvv1connect.KVServicePipelineProcedure)
+	validation := newRequestValidation(validator, n.cfg.Limits, kvv1connect.KVServicePipelineProcedure)
 	n.health = grpchealth.NewStaticChecker(kvv1connect.KVServiceName)
 	// Not serving until Start has joined the cluster.
 	n.health.SetStatus(kvv1connect.KVServiceName, grpchealth.StatusNotServing)
@@ -306,7 +307,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	interceptors := connect.WithInterceptors(append(slices.Clone(n.cfg.Interceptors), rpcMetrics, auth.Interceptor(n.cfg.Auth, n.cfg.AuthReflection), validation)...)
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(
-		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Clock, n.durability(), n.events, n.router),
+		newHandler(n.store, validator, n.cfg.MaxValueBytes, n.cfg.Limits, n.cfg.Clock, n.durability(), n.events, n.router),
 		interceptors,
 		connect.WithReadMaxBytes(maxMessage),
 		// Compressing the small messages most calls carry costs more CPU than
@@ -335,6 +336,9 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 	var h http.Handler = mux
 	h = rpcserver.CoalesceFlushes(h, kvv1connect.KVServicePipelineProcedure)
 	h = rpcserver.LimitRequestBodies(h, int64(maxMessage)+messageOverhead, serviceDesc)
+	if h, err = n.cfg.rateLimited(h); err != nil {
+		return nil, err
+	}
 	h = rpcserver.CORS(h, n.cfg.CORSOrigins)
 	for i := len(n.cfg.Middleware) - 1; i >= 0; i-- {
 		h = n.cfg.Middleware[i](h)

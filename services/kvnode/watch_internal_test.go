@@ -35,7 +35,7 @@ func serveWatchGated(t *testing.T, cfg watchConfig) (kvv1connect.KVServiceClient
 	t.Helper()
 	tail := changelog.NewTail("solo", 0, 0, 0)
 	st := store.New(store.WithChangeHook(tail.Append))
-	h := newHandler(st, nil, 1<<20, time.Now, inMemory{}, tail, &router{self: "solo"}).(*handler)
+	h := newHandler(st, nil, 1<<20, Limits{}, time.Now, inMemory{}, tail, &router{self: "solo"}).(*handler)
 	h.watch = cfg
 	mux := http.NewServeMux()
 	mux.Handle(kvv1connect.NewKVServiceHandler(h))
