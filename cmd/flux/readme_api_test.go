@@ -37,6 +37,15 @@ func TestREADMECallingTheAPI(t *testing.T) {
 		t.Fatalf("found only %d commands in the README's Calling the API section", len(commands))
 	}
 
+	// Build the tools before the cluster starts: on a loaded machine the
+	// build can outlast the TTL of a key the README writes and reads back.
+	for _, tool := range []string{"grpcurl", "buf"} {
+		cmd := exec.Command("go", "tool", "-modfile=tools/go.mod", tool, "--version")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", tool, err, out)
+		}
+	}
 	gateway, _ := startDev(t)
 	hostport := strings.TrimPrefix(gateway, "http://")
 	prelude := "grpcurl() { go tool -modfile=tools/go.mod grpcurl \"$@\"; }\n" +
