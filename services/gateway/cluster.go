@@ -152,7 +152,7 @@ func statsError(err error) string {
 func (g *Gateway) nodeStats(ctx context.Context, baseURL string) (*clusterv1.NodeStats, error) {
 	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
 	defer cancel()
-	client := clusterv1connect.NewNodeServiceClient(g.backendHTTP, baseURL, append([]connect.ClientOption{connect.WithGRPC()}, g.clientOptions...)...)
+	client := clusterv1connect.NewNodeServiceClient(g.backendHTTP, baseURL, append([]connect.ClientOption{connect.WithGRPC()}, g.ownCallOptions...)...)
 	resp, err := client.Stats(ctx, connect.NewRequest(&clusterv1.StatsRequest{}))
 	if err != nil {
 		return nil, err

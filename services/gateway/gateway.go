@@ -164,7 +164,8 @@ type Gateway struct {
 	own []*resolved
 
 	handlerOptions []connect.HandlerOption
-	clientOptions  []connect.ClientOption
+	clientOptions  []connect.ClientOption // proxied calls
+	ownCallOptions []connect.ClientOption // the gateway's own calls to nodes, with its peer token
 	limiter        limiter
 	breakers       breakers
 	flight         flight
@@ -269,7 +270,11 @@ func New(cfg Config) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("register rpc client metrics: %w", err)
 	}
 	g.handlerOptions = []connect.HandlerOption{connect.WithInterceptors(append(slices.Clone(cfg.Interceptors), serverMetrics, auth.Interceptor(cfg.Auth, cfg.AuthReflection))...)}
-	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics, auth.Bearer(cfg.PeerToken))...)}
+	// Proxied calls carry the caller's token, and only it: the node checks
+	// the caller again. The peer token goes on the gateway's own calls
+	// (statistics, schemas), never on a caller's.
+	g.clientOptions = []connect.ClientOption{connect.WithInterceptors(append(slices.Clone(cfg.ClientInterceptors), clientMetrics)...)}
+	g.ownCallOptions = append(slices.Clone(g.clientOptions), connect.WithInterceptors(auth.Bearer(cfg.PeerToken)))
 
 	if g.api, err = rpcserver.Listen(cfg.Listen, g.apiHandler(), rpcserver.Options{TLS: cfg.TLS, Limits: cfg.HTTP, Logger: cfg.Logger}); err != nil {
 		return nil, fmt.Errorf("api listener: %w", err)

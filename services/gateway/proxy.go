@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	routingv1 "github.com/fluxkv/fluxkv/gen/flux/routing/v1"
+	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/coord"
 )
 
@@ -502,13 +503,18 @@ var hopHeaders = map[string]bool{
 }
 
 // copyRequestHeaders copies a caller's metadata to the backend call. The
-// deadline travels in the context, not as a header.
+// deadline travels in the context, not as a header. The caller's
+// Authorization replaces any the call had: the node must check the
+// caller's token, and nothing else.
 func copyRequestHeaders(dst, src http.Header) {
 	for k, vs := range src {
-		if isRequestHopHeader(k) {
-			continue
+		switch {
+		case isRequestHopHeader(k):
+		case k == auth.Header:
+			dst[k] = slices.Clone(vs)
+		default:
+			dst[k] = append(dst[k], vs...)
 		}
-		dst[k] = append(dst[k], vs...)
 	}
 }
 
