@@ -139,7 +139,7 @@ func New(ctx context.Context, opts ...Option) (*Client, error) {
 	protocols.SetHTTP2(true)
 	c := &Client{
 		cfg:   cfg,
-		http:  &http.Client{Transport: &http.Transport{Protocols: &protocols, TLSClientConfig: cfg.tls}},
+		http:  &http.Client{Transport: &http.Transport{Protocols: &protocols, TLSClientConfig: cfg.tls.Clone()}},
 		nodes: map[string]kvv1connect.KVServiceClient{},
 		stopc: make(chan struct{}),
 		donec: make(chan struct{}),
@@ -265,7 +265,11 @@ func (c *Client) member(v *view, id, why string) (kvv1connect.KVServiceClient, e
 	if !ok {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("node %s, %s, is not live", id, why))
 	}
-	return c.node(inst.URL()), nil
+	url, err := inst.DialURL(c.cfg.tls != nil)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, err)
+	}
+	return c.node(url), nil
 }
 
 // Get reads a key. It is a read: see Retries in the package documentation.

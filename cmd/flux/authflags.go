@@ -120,7 +120,10 @@ func (s *securityFlags) open(ctx context.Context, logger *slog.Logger) (security
 		}
 	}
 	if len(reloads) > 0 {
-		go reloadOnHangup(ctx, logger, reloads)
+		// Caught from now on: SIGHUP's default action ends the process.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		go reloadOnHangup(ctx, logger, hup, reloads)
 	}
 	return sec, nil
 }
@@ -132,9 +135,7 @@ type reloadable struct {
 	reload func() ([]any, error)
 }
 
-func reloadOnHangup(ctx context.Context, logger *slog.Logger, reloads []reloadable) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+func reloadOnHangup(ctx context.Context, logger *slog.Logger, hup chan os.Signal, reloads []reloadable) {
 	defer signal.Stop(hup)
 	for {
 		select {

@@ -21,7 +21,7 @@ func gatewayCommand() *command {
 		limf    limitFlags
 	)
 	cfg.Policies.Singleflight = true
-	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
+	fs.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c, or TLS with --tls-cert)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`host:port` others dial to reach the API port, as registered in etcd (default: --listen, with the host name when it listens on all addresses)")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", gateway.DefaultAdminListen, "`host:port` of the admin port (/healthz, /metrics, /debug/pprof/, /breakers); keep it private")
 	fs.Var(&etcd, "etcd", "comma-separated etcd `endpoints` to discover services from (required)")

@@ -23,7 +23,7 @@ func nodeCommand() *command {
 		appendFsync = "everysec"
 	)
 	cfg.AppendOnly = true
-	fs.StringVar(&cfg.Listen, "listen", kvnode.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c)")
+	fs.StringVar(&cfg.Listen, "listen", kvnode.DefaultListen, "`host:port` of the API port (gRPC, gRPC-Web and Connect over h2c, or TLS with --tls-cert)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "`host:port` other nodes, gateways and SDKs dial to reach the API port (default: --listen, with the host name when it listens on all addresses)")
 	fs.StringVar(&cfg.AdminListen, "admin-listen", kvnode.DefaultAdminListen, "`host:port` of the admin port (/healthz, /metrics, /debug/pprof/); keep it private")
 	fs.StringVar(&cfg.DataDir, "data-dir", kvnode.DefaultDataDir, "`directory` for the node's files; created if missing")

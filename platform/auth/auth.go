@@ -32,6 +32,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"connectrpc.com/connect"
@@ -162,13 +163,16 @@ func (t *Tokens) Len() int { return len(t.byHash) }
 type File struct {
 	path   string
 	tokens atomic.Pointer[Tokens]
-	extra  map[string]Token // set by Allow before use; kept across reloads
+	mu     sync.Mutex       // serializes Allow and Reload's store
+	extra  map[string]Token // set by Allow; kept across reloads
 }
 
 // Allow adds a token that is not in the file and stays across reloads (a
-// process's own token for its peers, as flux dev makes one). Call it before
-// the file is in use.
+// process's own token for its peers, as flux dev makes one). It is safe
+// to call while the file is in use and reloaded.
 func (f *File) Allow(token string, scope Scope, name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	if f.extra == nil {
 		f.extra = map[string]Token{}
 	}
@@ -209,6 +213,8 @@ func (f *File) Reload() error {
 	if err != nil {
 		return fmt.Errorf("token file %s: %w", f.path, err)
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.tokens.Store(t.with(f.extra))
 	return nil
 }

@@ -122,9 +122,15 @@ func (c *Config) setDefaults() error {
 	if c.URL == "" {
 		return errors.New("cdc: URL is required")
 	}
-	if _, err := amqp.ParseURI(c.URL); err != nil {
+	uri, err := amqp.ParseURI(c.URL)
+	if err != nil {
 		// The parse error may quote the URL, password included.
 		return errors.New("cdc: URL is not a valid amqp:// or amqps:// URL")
+	}
+	if c.TLS != nil && uri.Scheme != "amqps" {
+		// amqp:// would send the password and every change in the clear,
+		// ignoring the TLS configuration.
+		return errors.New("cdc: TLS is configured, but the URL is amqp://; use amqps://")
 	}
 	if c.NodeID == "" {
 		return errors.New("cdc: NodeID is required")

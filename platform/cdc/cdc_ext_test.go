@@ -3,6 +3,7 @@ package cdc_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
@@ -350,5 +351,15 @@ func TestNackedEventsArePublishedAgain(t *testing.T) {
 	eventually(t, "checkpoint at the last revision", func() bool { return h.relay.Checkpoint() == n })
 	if !strings.Contains(h.logs.String(), "broker refused an event") {
 		t.Errorf("nack not logged:\n%s", h.logs)
+	}
+}
+
+// TestTLSNeedsAMQPS: a TLS configuration with an amqp:// URL is refused,
+// since the relay would speak cleartext, password included.
+func TestTLSNeedsAMQPS(t *testing.T) {
+	t.Parallel()
+	_, err := cdc.New(cdc.Config{URL: "amqp://guest:secret@127.0.0.1:5672/", TLS: &tls.Config{MinVersion: tls.VersionTLS12}, NodeID: "n1", CheckpointDir: t.TempDir()}, newMemSource("n1"))
+	if err == nil || !strings.Contains(err.Error(), "use amqps://") || strings.Contains(err.Error(), "secret") {
+		t.Errorf("TLS with an amqp:// URL: %v", err)
 	}
 }

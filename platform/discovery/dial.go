@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,6 +21,15 @@ const dialTimeout = 5 * time.Second
 // DialOptions and etcd's own logging discarded: callers log what matters.
 // ctx is the client's lifetime, not a dial deadline.
 func Connect(ctx context.Context, endpoints []string, tlsConfig *tls.Config) (*clientv3.Client, error) {
+	if tlsConfig != nil {
+		// etcd's client would speak cleartext to an http:// endpoint and
+		// drop the TLS configuration without a word.
+		for _, e := range endpoints {
+			if !strings.HasPrefix(e, "https://") {
+				return nil, fmt.Errorf("connect to etcd: TLS is configured, but endpoint %q is not https://", e)
+			}
+		}
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: dialTimeout,

@@ -98,6 +98,17 @@ type Instance struct {
 // URL is the base URL of the instance's API listener.
 func (i Instance) URL() string { return baseURL(i.TLS, i.Address) }
 
+// DialURL is URL for a caller that may require TLS of the servers it
+// calls: an instance registered without TLS is refused to such a caller,
+// so a server restarted without its certificate never receives tokens and
+// values in the clear.
+func (i Instance) DialURL(requireTLS bool) (string, error) {
+	if requireTLS && !i.TLS {
+		return "", fmt.Errorf("%s is registered without TLS, and calls to it must use TLS (a TLS configuration for peers is set)", i.ID)
+	}
+	return i.URL(), nil
+}
+
 // AdminURL is the base URL of the instance's admin listener.
 func (i Instance) AdminURL() string { return baseURL(i.TLS, i.AdminAddress) }
 

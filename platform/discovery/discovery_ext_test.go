@@ -2,9 +2,11 @@ package discovery_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -211,5 +213,40 @@ func TestJoinAndFirstWriteExcludeEachOther(t *testing.T) {
 	defer w.Close()
 	if !w.Snapshot().HoldsData {
 		t.Error("the snapshot does not show that the cluster holds data")
+	}
+}
+
+func TestInstanceDialURL(t *testing.T) {
+	t.Parallel()
+	plain := discovery.Instance{ID: "node-1", Address: "10.0.0.1:7701", AdminAddress: "10.0.0.1:9701"}
+	secure := plain
+	secure.TLS = true
+	for _, tt := range []struct {
+		inst       discovery.Instance
+		requireTLS bool
+		want       string // "" for an error
+	}{
+		{plain, false, "http://10.0.0.1:7701"},
+		{secure, false, "https://10.0.0.1:7701"},
+		{secure, true, "https://10.0.0.1:7701"},
+		{plain, true, ""},
+	} {
+		got, err := tt.inst.DialURL(tt.requireTLS)
+		if got != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("DialURL(%v) of TLS=%v: %q, %v; want %q", tt.requireTLS, tt.inst.TLS, got, err, tt.want)
+		}
+	}
+	if got := secure.AdminURL(); got != "https://10.0.0.1:9701" {
+		t.Errorf("AdminURL: %q", got)
+	}
+}
+
+// TestConnectRefusesTLSToCleartextEndpoints: etcd's client would drop the
+// TLS configuration for an http:// endpoint and speak cleartext.
+func TestConnectRefusesTLSToCleartextEndpoints(t *testing.T) {
+	t.Parallel()
+	_, err := discovery.Connect(context.Background(), []string{"https://127.0.0.1:1", "http://127.0.0.1:2"}, &tls.Config{MinVersion: tls.VersionTLS12})
+	if err == nil || !strings.Contains(err.Error(), `"http://127.0.0.1:2" is not https://`) {
+		t.Errorf("Connect with TLS to an http:// endpoint: %v", err)
 	}
 }

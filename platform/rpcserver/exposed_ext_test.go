@@ -33,18 +33,21 @@ func TestWarnExposed(t *testing.T) {
 	all, _ := net.ResolveTCPAddr("tcp", "0.0.0.0:9701")
 	for _, tc := range []struct {
 		name       string
-		insecure   bool
+		p          rpcserver.Protection
 		api, admin net.Addr
 		want       []string
 	}{
-		{"both on loopback", false, loopback, loopback, nil},
-		{"api exposed", false, all, loopback, []string{"PLAINTEXT API PORT"}},
-		{"admin exposed", false, loopback, all, []string{"ADMIN PORT"}},
-		{"both exposed", false, all, all, []string{"PLAINTEXT API PORT", "ADMIN PORT"}},
-		{"acknowledged", true, all, all, nil},
+		{"both on loopback", rpcserver.Protection{}, loopback, loopback, nil},
+		{"api exposed", rpcserver.Protection{}, all, loopback, []string{"PLAINTEXT API PORT"}},
+		{"admin exposed", rpcserver.Protection{}, loopback, all, []string{"ADMIN PORT REACHABLE FROM OTHER HOSTS WITHOUT A TOKEN"}},
+		{"both exposed", rpcserver.Protection{}, all, all, []string{"PLAINTEXT API PORT", "WITHOUT A TOKEN"}},
+		{"acknowledged", rpcserver.Protection{Insecure: true}, all, all, nil},
+		{"TLS, no token file", rpcserver.Protection{TLS: true}, all, all, []string{"WITHOUT A TOKEN"}},
+		{"token file, no TLS", rpcserver.Protection{Authenticated: true}, all, all, []string{"PLAINTEXT API PORT", "PLAINTEXT ADMIN PORT"}},
+		{"TLS and token file", rpcserver.Protection{TLS: true, Authenticated: true}, all, all, nil},
 	} {
 		var buf strings.Builder
-		rpcserver.WarnExposed(slog.New(slog.NewTextHandler(&buf, nil)), tc.insecure, tc.api, tc.admin)
+		rpcserver.WarnExposed(slog.New(slog.NewTextHandler(&buf, nil)), tc.p, tc.api, tc.admin)
 		lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 		if buf.Len() == 0 {
 			lines = nil

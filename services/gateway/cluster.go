@@ -82,7 +82,13 @@ func (s *clusterService) Status(ctx context.Context, _ *connect.Request[clusterv
 		}
 		m.Circuit = circuitState(state)
 		wg.Go(func() {
-			stats, err := g.nodeStats(ctx, inst.URL())
+			url, err := inst.DialURL(g.cfg.PeerTLS != nil)
+			if err != nil {
+				s.noteStats(id, inst.Address, err)
+				m.StatsError = statsError(err)
+				return
+			}
+			stats, err := g.nodeStats(ctx, url)
 			if ctx.Err() == nil {
 				// Not when the caller gave up: that says nothing of the node.
 				s.noteStats(id, inst.Address, err)

@@ -441,7 +441,7 @@ func (g *Gateway) Start(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, startTimeout)
 		defer cancel()
 	}
-	rpcserver.WarnExposed(g.cfg.Logger, g.cfg.Insecure || g.cfg.TLS != nil, g.api.Addr(), g.admin.Addr())
+	rpcserver.WarnExposed(g.cfg.Logger, rpcserver.Protection{TLS: g.cfg.TLS != nil, Authenticated: g.cfg.Auth != nil, Insecure: g.cfg.Insecure}, g.api.Addr(), g.admin.Addr())
 	g.serve(g.admin)
 	if err := g.watcher.Start(ctx); err != nil {
 		return fmt.Errorf("watch etcd: %w", err)
@@ -593,7 +593,13 @@ func (g *Gateway) resolveAny(ctx context.Context, service string, live []discove
 	var errs []error
 	for _, inst := range live {
 		rctx, cancel := context.WithTimeout(ctx, resolveTimeout)
-		res, err := g.schemas.resolve(rctx, service, inst.URL())
+		url, err := inst.DialURL(g.cfg.PeerTLS != nil)
+		if err != nil {
+			cancel()
+			errs = append(errs, err)
+			continue
+		}
+		res, err := g.schemas.resolve(rctx, service, url)
 		cancel()
 		if err == nil {
 			return res, nil

@@ -89,7 +89,11 @@ func (g *Gateway) route(m *method, msg *dynamicpb.Message, skip []string) (backe
 				}
 				return backend{}, coord.NotExecuted(coord.ReasonOwnerNotLive, owner, fmt.Errorf("node %s, which owns this key, is not live", owner))
 			}
-			return backend{id: owner, url: inst.URL(), breaker: m.service + "/" + owner}, nil
+			url, err := inst.DialURL(g.cfg.PeerTLS != nil)
+			if err != nil {
+				return backend{}, coord.NotExecuted(coord.ReasonOwnerNotLive, owner, err)
+			}
+			return backend{id: owner, url: url, breaker: m.service + "/" + owner}, nil
 		}
 	}
 	ids := sortedIDs(live)
@@ -103,7 +107,11 @@ func (g *Gateway) route(m *method, msg *dynamicpb.Message, skip []string) (backe
 		if slices.Contains(skip, id) || g.breakers.Open(m.service+"/"+id) {
 			continue
 		}
-		return backend{id: id, url: live[id].URL(), breaker: m.service + "/" + id, roundRobin: true}, nil
+		url, err := live[id].DialURL(g.cfg.PeerTLS != nil)
+		if err != nil {
+			continue
+		}
+		return backend{id: id, url: url, breaker: m.service + "/" + id, roundRobin: true}, nil
 	}
 	return backend{}, connect.NewError(connect.CodeUnavailable, fmt.Errorf("no available instance of %s: every live one is failing (circuit open) or was tried", m.service))
 }

@@ -50,8 +50,10 @@ type cluster struct {
 	watcher *discovery.Watcher
 	reg     *discovery.Registration
 	view    atomic.Pointer[view]
-	http    *http.Client
-	logger  *slog.Logger
+	// requireTLS refuses peers registered without TLS (PeerTLS is set).
+	requireTLS bool
+	http       *http.Client
+	logger     *slog.Logger
 	// clientInterceptors run on calls to peers (tracing).
 	clientInterceptors []connect.Interceptor
 
@@ -105,6 +107,7 @@ func join(ctx context.Context, cfg Config, apiAddr, adminAddr string, holdsData 
 			HTTP2:           &http.HTTP2Config{SendPingTimeout: peerPingInterval, PingTimeout: peerPingTimeout},
 		}},
 		logger:             cfg.Logger,
+		requireTLS:         cfg.PeerTLS != nil,
 		clientInterceptors: append(slices.Clone(cfg.ClientInterceptors), auth.Bearer(cfg.PeerToken)),
 		peers:              map[string]kvv1connect.KVServiceClient{},
 		ringChanged:        make(chan struct{}, 1),
@@ -351,12 +354,16 @@ func (c *cluster) peer(id string) (kvv1connect.KVServiceClient, error) {
 	if !ok {
 		return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, fmt.Errorf("node %s, which owns this key, is not live", id))
 	}
-	key := id + "@" + inst.URL()
+	url, err := inst.DialURL(c.requireTLS)
+	if err != nil {
+		return nil, coord.NotExecuted(coord.ReasonOwnerNotLive, id, err)
+	}
+	key := id + "@" + url
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	client, ok := c.peers[key]
 	if !ok {
-		client = kvv1connect.NewKVServiceClient(c.http, inst.URL(),
+		client = kvv1connect.NewKVServiceClient(c.http, url,
 			connect.WithGRPC(), connect.WithInterceptors(append(slices.Clone(c.clientInterceptors), peerInterceptor(id, inst.Address))...))
 		c.peers[key] = client
 	}

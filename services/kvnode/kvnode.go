@@ -355,7 +355,7 @@ func (n *Node) apiHandler(rpcMetrics *telemetry.RPCMetrics) (http.Handler, error
 // DefaultJoinTimeout when ctx has no deadline. Errors that stop a listener
 // later are reported by Wait.
 func (n *Node) Start(ctx context.Context) error {
-	rpcserver.WarnExposed(n.cfg.Logger, n.cfg.Insecure || n.cfg.TLS != nil, n.api.Addr(), n.admin.Addr())
+	rpcserver.WarnExposed(n.cfg.Logger, rpcserver.Protection{TLS: n.cfg.TLS != nil, Authenticated: n.cfg.Auth != nil, Insecure: n.cfg.Insecure}, n.api.Addr(), n.admin.Addr())
 	n.store.Start()
 	if n.log != nil {
 		n.log.Start()

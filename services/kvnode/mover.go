@@ -467,7 +467,11 @@ func (sc *sourceCopy) client() (clusterv1connect.HandoffServiceClient, error) {
 	if !ok {
 		return nil, fmt.Errorf("source %s is not live", sc.source)
 	}
-	return clusterv1connect.NewHandoffServiceClient(sc.c.http, inst.URL(),
+	url, err := inst.DialURL(sc.c.requireTLS)
+	if err != nil {
+		return nil, err
+	}
+	return clusterv1connect.NewHandoffServiceClient(sc.c.http, url,
 		connect.WithGRPC(), connect.WithInterceptors(sc.c.clientInterceptors...)), nil
 }
 
