@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -14,6 +16,7 @@ import (
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 	"github.com/fluxkv/fluxkv/platform/cdc"
+	"github.com/fluxkv/fluxkv/platform/tlsfiles"
 )
 
 // amqpTimeout bounds connecting to the broker and closing the connection.
@@ -26,6 +29,7 @@ func cdcCommand() *command {
 		queue    string
 		binding  = "#"
 		exchange = cdc.DefaultExchange
+		amqpTLS  tlsfiles.Files
 	)
 	fs.StringVar(&amqpURL, "amqp-url", "", "AMQP `URL` of the RabbitMQ broker the nodes publish to (required)")
 	fs.StringVar(&queue, "queue", "", "consume from this existing `queue`, taking the events off it; "+
@@ -33,6 +37,9 @@ func cdcCommand() *command {
 	fs.StringVar(&binding, "binding", binding, "routing `pattern` for the private queue; routing keys are <op>.<node-id>, "+
 		"so put.# selects puts and #.n1 the events of node n1")
 	fs.StringVar(&exchange, "exchange", exchange, "the `exchange` the nodes publish change events to")
+	fs.StringVar(&amqpTLS.CA, "amqp-tls-ca", "", "CA bundle `file` (PEM) to verify RabbitMQ with, for an amqps:// --amqp-url (default: the system's roots)")
+	fs.StringVar(&amqpTLS.Cert, "amqp-tls-cert", "", "client certificate `file` (PEM) to present to RabbitMQ; with --amqp-tls-key")
+	fs.StringVar(&amqpTLS.Key, "amqp-tls-key", "", "private key `file` (PEM) of --amqp-tls-cert")
 	c := &command{
 		name: "cdc",
 		args: "tail",
@@ -50,7 +57,18 @@ func cdcCommand() *command {
 		if queue != "" && isSet(fs, "binding") {
 			return usageError(env, c.name, "--binding applies to the private queue; bind --queue on the broker instead")
 		}
-		if err := cdcTail(env, amqpURL, exchange, queue, binding); err != nil {
+		var tlsConfig *tls.Config
+		if !amqpTLS.IsZero() {
+			if !strings.HasPrefix(amqpURL, "amqps://") {
+				return usageError(env, c.name, "--amqp-tls-* need an amqps:// --amqp-url")
+			}
+			files, err := tlsfiles.Load(amqpTLS)
+			if err != nil {
+				return usageError(env, c.name, "--amqp-tls-*: %v", err)
+			}
+			tlsConfig = files.Client()
+		}
+		if err := cdcTail(env, amqpURL, tlsConfig, exchange, queue, binding); err != nil {
 			fmt.Fprintf(env.stderr, "flux cdc: %v\n", err)
 			return exitError
 		}
@@ -67,11 +85,11 @@ func isSet(fs *flag.FlagSet, name string) bool {
 
 // cdcTail prints the events of queue, or of a private queue bound to
 // exchange with binding, until env.ctx ends.
-func cdcTail(env *environment, amqpURL, exchange, queue, binding string) error {
+func cdcTail(env *environment, amqpURL string, tlsConfig *tls.Config, exchange, queue, binding string) error {
 	ctx := env.ctx
 	props := amqp.NewConnectionProperties()
 	props["connection_name"] = "flux cdc tail"
-	conn, err := amqp.DialConfig(amqpURL, amqp.Config{Dial: dialAMQP(ctx), Properties: props})
+	conn, err := amqp.DialConfig(amqpURL, amqp.Config{Dial: dialAMQP(ctx), Properties: props, TLSClientConfig: tlsConfig})
 	if err != nil {
 		return fmt.Errorf("connect to the broker: %w", err)
 	}

@@ -18,7 +18,9 @@ import (
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 	"github.com/fluxkv/fluxkv/internal/amqptest"
+	"github.com/fluxkv/fluxkv/internal/testcerts"
 	"github.com/fluxkv/fluxkv/platform/cdc"
+	"github.com/fluxkv/fluxkv/platform/tlsfiles"
 )
 
 // runCDC runs `flux cdc args...` as run does.
@@ -231,6 +233,7 @@ func TestCDCUsage(t *testing.T) {
 		{[]string{}, exitError, "want: flux cdc tail"},
 		{[]string{"tail", "--amqp-url", "amqp://127.0.0.1:1/", "--queue", "q", "--binding", "put.#"}, exitError, "--binding applies to the private queue"},
 		{[]string{"tail", "--amqp-url", "amqp://127.0.0.1:1/"}, exitError, "127.0.0.1:1"},
+		{[]string{"tail", "--amqp-url", "amqp://127.0.0.1:1/", "--amqp-tls-ca", "ca.pem"}, exitError, "need an amqps:// --amqp-url"},
 	}
 	if os.Getenv("FLUX_AMQP_URL") == "" {
 		tests = append(tests, struct {
@@ -257,5 +260,31 @@ func TestCDCAMQPURLFromEnv(t *testing.T) {
 	env := &environment{ctx: context.Background(), stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
 	if code := runCDC(env, "tail"); code != exitError || !strings.Contains(stderr.String(), "127.0.0.1:1") {
 		t.Errorf("FLUX_AMQP_URL was not used: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestCDCTailOverAMQPS: tail reads from a broker that speaks TLS, verified
+// with --amqp-tls-ca.
+func TestCDCTailOverAMQPS(t *testing.T) {
+	t.Parallel()
+	broker := amqptest.URL(t)
+	ch, exchange := publisher(t, broker)
+	ca := testcerts.NewCA(t, "flux-test")
+	pair := ca.Server("rabbitmq")
+	files, err := tlsfiles.Load(tlsfiles.Files{Cert: pair.Cert, Key: pair.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := files.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := amqptest.NewTLSProxy(t, broker, serverTLS)
+	tl := startTail(t, "--amqp-url", proxy.URL(), "--amqp-tls-ca", ca.File, "--exchange", exchange)
+	put1 := testEvent(1, cdcv1.Op_OP_PUT)
+	publishEvent(t, ch, exchange, put1)
+	checkEvents(t, tl.lines(t, 1), put1)
+	if code := tl.stop(t); code != exitOK {
+		t.Errorf("exit %d after interrupt, want 0; stderr:\n%s", code, tl.stderr.String())
 	}
 }
