@@ -18,9 +18,7 @@ import (
 
 	cdcv1 "github.com/fluxkv/fluxkv/gen/flux/cdc/v1"
 	"github.com/fluxkv/fluxkv/internal/amqptest"
-	"github.com/fluxkv/fluxkv/internal/testcerts"
 	"github.com/fluxkv/fluxkv/platform/cdc"
-	"github.com/fluxkv/fluxkv/platform/tlsfiles"
 )
 
 // runCDC runs `flux cdc args...` as run does.
@@ -269,18 +267,8 @@ func TestCDCTailOverAMQPS(t *testing.T) {
 	t.Parallel()
 	broker := amqptest.URL(t)
 	ch, exchange := publisher(t, broker)
-	ca := testcerts.NewCA(t, "flux-test")
-	pair := ca.Server("rabbitmq")
-	files, err := tlsfiles.Load(tlsfiles.Files{Cert: pair.Cert, Key: pair.Key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := files.Server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := amqptest.NewTLSProxy(t, broker, serverTLS)
-	tl := startTail(t, "--amqp-url", proxy.URL(), "--amqp-tls-ca", ca.File, "--exchange", exchange)
+	proxy := amqptest.NewTLSProxy(t, broker)
+	tl := startTail(t, "--amqp-url", proxy.URL(), "--amqp-tls-ca", proxy.CAFile(), "--exchange", exchange)
 	put1 := testEvent(1, cdcv1.Op_OP_PUT)
 	publishEvent(t, ch, exchange, put1)
 	checkEvents(t, tl.lines(t, 1), put1)

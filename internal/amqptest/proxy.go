@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fluxkv/fluxkv/internal/testcerts"
 )
 
 // Proxy forwards TCP connections to the broker on a loopback port of its
@@ -20,6 +22,7 @@ type Proxy struct {
 	target string      // the broker's host:port
 	url    string      // the broker URL through the proxy
 	tls    *tls.Config // set: clients speak TLS to the proxy (amqps://)
+	caFile string      // the CA bundle that signed the TLS proxy's certificate
 	wg     sync.WaitGroup
 
 	frozen atomic.Bool // hold data instead of forwarding it
@@ -36,14 +39,21 @@ func NewProxy(t testing.TB, brokerURL string) *Proxy {
 	return newProxy(t, brokerURL, nil)
 }
 
-// NewTLSProxy is a proxy that clients reach over TLS, with the server
-// configuration cfg, and that forwards in cleartext to the broker: a
-// broker that serves amqps://, as far as its clients can tell. URL is then
-// an amqps:// URL.
-func NewTLSProxy(t testing.TB, brokerURL string, cfg *tls.Config) *Proxy {
+// NewTLSProxy is a proxy that clients reach over TLS and that forwards in
+// cleartext to the broker: a broker that serves amqps://, as far as its
+// clients can tell. Its certificate is signed by a CA made for the test,
+// whose bundle CAFile returns. URL is then an amqps:// URL.
+func NewTLSProxy(t testing.TB, brokerURL string) *Proxy {
 	t.Helper()
-	return newProxy(t, brokerURL, cfg)
+	ca := testcerts.NewCA(t, "amqp-test")
+	pair := ca.Server("rabbitmq")
+	p := newProxy(t, brokerURL, &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair.TLS}})
+	p.caFile = ca.File
+	return p
 }
+
+// CAFile is the CA bundle that verifies a TLS proxy's certificate.
+func (p *Proxy) CAFile() string { return p.caFile }
 
 func newProxy(t testing.TB, brokerURL string, cfg *tls.Config) *Proxy {
 	t.Helper()

@@ -15,7 +15,6 @@ import (
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/internal/amqptest"
-	"github.com/fluxkv/fluxkv/internal/testcerts"
 	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/tlsfiles"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -117,18 +116,8 @@ func TestAuthReflection(t *testing.T) {
 func TestCDCOverAMQPS(t *testing.T) {
 	t.Parallel()
 	broker := amqptest.URL(t)
-	ca := testcerts.NewCA(t, "flux-test")
-	pair := ca.Server("rabbitmq")
-	files, err := tlsfiles.Load(tlsfiles.Files{Cert: pair.Cert, Key: pair.Key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverTLS, err := files.Server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := amqptest.NewTLSProxy(t, broker, serverTLS)
-	trusting, err := tlsfiles.Load(tlsfiles.Files{CA: ca.File})
+	proxy := amqptest.NewTLSProxy(t, broker)
+	trusting, err := tlsfiles.Load(tlsfiles.Files{CA: proxy.CAFile()})
 	if err != nil {
 		t.Fatal(err)
 	}
