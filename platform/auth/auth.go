@@ -293,21 +293,33 @@ func RequiredBy(spec connect.Spec) Scope {
 // PermissionDenied.
 func Check(tokens *Tokens, h interface{ Get(string) string }, spec connect.Spec) (Token, error) {
 	procedure := spec.Procedure
-	value := h.Get(Header)
-	raw, ok := strings.CutPrefix(value, "Bearer ")
-	if !ok {
-		if value == "" {
-			return Token{}, connect.NewError(connect.CodeUnauthenticated, ErrNoToken)
-		}
-		return Token{}, connect.NewError(connect.CodeUnauthenticated, errors.New("the Authorization header is not a bearer token"))
-	}
-	tok, ok := tokens.Lookup(strings.TrimSpace(raw))
-	if !ok {
-		return Token{}, connect.NewError(connect.CodeUnauthenticated, ErrBadToken)
+	tok, err := presented(tokens, h.Get(Header))
+	if err != nil {
+		return Token{}, connect.NewError(connect.CodeUnauthenticated, err)
 	}
 	if need := RequiredBy(spec); tok.Scope < need {
 		return tok, connect.NewError(connect.CodePermissionDenied, fmt.Errorf(
 			"token %q has scope %s; %s needs %s", tok.Name, tok.Scope, procedure, need))
+	}
+	return tok, nil
+}
+
+// errNotBearer answers an Authorization header of another scheme.
+var errNotBearer = errors.New("the Authorization header is not a bearer token")
+
+// presented returns the listed token that an Authorization header value
+// carries: "Bearer <token>", the scheme in any case (RFC 7235).
+func presented(tokens *Tokens, value string) (Token, error) {
+	if value == "" {
+		return Token{}, ErrNoToken
+	}
+	scheme, raw, ok := strings.Cut(value, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return Token{}, errNotBearer
+	}
+	tok, ok := tokens.Lookup(strings.TrimSpace(raw))
+	if !ok {
+		return Token{}, ErrBadToken
 	}
 	return tok, nil
 }
@@ -416,13 +428,9 @@ func AdminHandler(f *File, h http.Handler) http.Handler {
 // checkAdmin is Check for the admin port's plain HTTP requests: 401 for a
 // missing or unknown token, 403 for one without the admin scope.
 func checkAdmin(tokens *Tokens, h http.Header) (int, error) {
-	raw, ok := strings.CutPrefix(h.Get(Header), "Bearer ")
-	if !ok {
-		return http.StatusUnauthorized, ErrNoToken
-	}
-	tok, ok := tokens.Lookup(strings.TrimSpace(raw))
-	if !ok {
-		return http.StatusUnauthorized, ErrBadToken
+	tok, err := presented(tokens, h.Get(Header))
+	if err != nil {
+		return http.StatusUnauthorized, err
 	}
 	if tok.Scope < ScopeAdmin {
 		return http.StatusForbidden, fmt.Errorf("token %q has scope %s; the admin port needs %s", tok.Name, tok.Scope, ScopeAdmin)

@@ -1,6 +1,7 @@
 package auth_test
 
 import (
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -86,5 +87,45 @@ func TestSecurityDocExampleParses(t *testing.T) {
 	}
 	if tokens.Len() != 3 {
 		t.Fatalf("the example lists %d tokens, want 3", tokens.Len())
+	}
+}
+
+// TestCheckReadsTheBearerScheme: the scheme is matched in any case (RFC
+// 7235), anything else is refused as not a bearer token, and the RPC and
+// admin answers agree.
+func TestCheckReadsTheBearerScheme(t *testing.T) {
+	t.Parallel()
+	tok, err := auth.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := auth.Parse([]byte("write " + auth.Hash(tok) + " ci\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := connect.Spec{Procedure: "/flux.kv.v1.KVService/Put"}
+	for _, tt := range []struct {
+		header string
+		want   connect.Code // 0: let through
+	}{
+		{"Bearer " + tok, 0},
+		{"bearer " + tok, 0},
+		{"BEARER  " + tok + " ", 0},
+		{"Basic " + tok, connect.CodeUnauthenticated},
+		{"Bearer" + tok, connect.CodeUnauthenticated},
+		{tok, connect.CodeUnauthenticated},
+		{"", connect.CodeUnauthenticated},
+	} {
+		h := http.Header{}
+		if tt.header != "" {
+			h.Set(auth.Header, tt.header)
+		}
+		_, err := auth.Check(tokens, h, spec)
+		if got := connect.CodeOf(err); (err == nil) != (tt.want == 0) || err != nil && got != tt.want {
+			t.Errorf("Check(%q): %v, want %v", strings.ReplaceAll(tt.header, tok, "<token>"), err, tt.want)
+		}
+		if err != nil && strings.Contains(err.Error(), tok) {
+			t.Errorf("Check(%q): the error shows the token", strings.ReplaceAll(tt.header, tok, "<token>"))
+		}
 	}
 }
