@@ -16,6 +16,33 @@ import (
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
+// startBenchNode starts a node for a benchmark, with its log off
+// (policy "off") or fsynced under policy; tune, if not nil, adjusts its
+// config. The node shuts down when the benchmark ends.
+func startBenchNode(b *testing.B, policy string, tune func(*kvnode.Config)) *kvnode.Node {
+	b.Helper()
+	cfg := withTestDefaults(kvnode.Config{DataDir: b.TempDir(), NodeID: "bench"})
+	if policy != "off" {
+		p, err := changelog.ParsePolicy(policy)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.AppendOnly, cfg.AppendFsync = true, p
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	node, err := kvnode.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := node.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = node.Shutdown(context.Background()) })
+	return node
+}
+
 // BenchmarkAPIPut measures acknowledged Puts per second through a real
 // node over gRPC on loopback, with the log off and under each policy, the
 // client and the node sharing this machine's cores.
@@ -24,25 +51,7 @@ func BenchmarkAPIPut(b *testing.B) {
 	for _, policy := range []string{"off", "no", "everysec", "always"} {
 		for _, writers := range []int{1, 16, 64} {
 			b.Run(fmt.Sprintf("%s/writers=%d", policy, writers), func(b *testing.B) {
-				cfg := kvnode.Config{
-					Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", DataDir: b.TempDir(),
-					NodeID: "bench", Logger: discardLogger(),
-				}
-				if policy != "off" {
-					p, err := changelog.ParsePolicy(policy)
-					if err != nil {
-						b.Fatal(err)
-					}
-					cfg.AppendOnly, cfg.AppendFsync = true, p
-				}
-				node, err := kvnode.New(cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := node.Start(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				defer node.Shutdown(context.Background())
+				node := startBenchNode(b, policy, nil)
 				client := kvv1connect.NewKVServiceClient(h2cClient(b), node.APIURL(), connect.WithGRPC())
 				ctx := context.Background()
 				var next atomic.Int64

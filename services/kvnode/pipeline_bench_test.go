@@ -10,7 +10,6 @@ import (
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
-	"github.com/fluxkv/fluxkv/platform/changelog"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
@@ -26,23 +25,7 @@ func BenchmarkAPIPipeline(b *testing.B) {
 		for _, inflight := range []int{64, 256, kvnode.DefaultMaxPipelineInFlight} {
 			for _, depth := range []int{16, 256, 4096} {
 				b.Run(fmt.Sprintf("%s/inflight=%d/depth=%d", policy, inflight, depth), func(b *testing.B) {
-					cfg := withTestDefaults(kvnode.Config{DataDir: b.TempDir(), NodeID: "bench"})
-					cfg.Limits.MaxPipelineInFlight = inflight
-					if policy != "off" {
-						p, err := changelog.ParsePolicy(policy)
-						if err != nil {
-							b.Fatal(err)
-						}
-						cfg.AppendOnly, cfg.AppendFsync = true, p
-					}
-					node, err := kvnode.New(cfg)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if err := node.Start(context.Background()); err != nil {
-						b.Fatal(err)
-					}
-					defer node.Shutdown(context.Background())
+					node := startBenchNode(b, policy, func(cfg *kvnode.Config) { cfg.Limits.MaxPipelineInFlight = inflight })
 					client := kvv1connect.NewKVServiceClient(h2cClient(b), node.APIURL(), connect.WithGRPC())
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 					defer cancel()
