@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fluxkv/fluxkv/internal/authtest"
 	"github.com/fluxkv/fluxkv/platform/auth"
 )
 
@@ -52,7 +53,7 @@ func TestWebConsole(t *testing.T) {
 // shows in the page. It needs what TestWebConsole needs.
 func TestWebConsoleTokens(t *testing.T) {
 	b := newConsoleBrowser(t)
-	path, tokens := writeTokenFile(t, auth.ScopeRead, auth.ScopeWrite)
+	path, tokens := authtest.TokenFile(t, auth.ScopeRead, auth.ScopeWrite)
 	gateway, _ := startDev(t, "--auth-file", path)
 	// The tokens travel in the environment, out of the process list.
 	b.run(t, gateway, "FLUX_TEST_READ_TOKEN="+tokens[auth.ScopeRead], "FLUX_TEST_WRITE_TOKEN="+tokens[auth.ScopeWrite])

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fluxkv/fluxkv/internal/authtest"
 	"github.com/fluxkv/fluxkv/platform/auth"
 )
 
@@ -43,7 +44,7 @@ func TestTypeScriptExample(t *testing.T) {
 	}
 
 	open, _ := startDev(t)
-	path, tokens := writeTokenFile(t, auth.ScopeWrite)
+	path, tokens := authtest.TokenFile(t, auth.ScopeWrite)
 	secured, _ := startDev(t, "--auth-file", path)
 	tests := []struct {
 		name    string

@@ -2,15 +2,13 @@ package gateway_test
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"connectrpc.com/connect"
 
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/internal/authtest"
 	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/services/gateway"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -23,20 +21,7 @@ import (
 // and one whose token is too small for the method too.
 func TestGatewayPassesOnlyTheCallersToken(t *testing.T) {
 	t.Parallel()
-	tokens := map[string]string{}
-	var file string
-	for _, scope := range []string{"read", "write", "admin"} {
-		tok, err := auth.NewToken()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[scope] = tok
-		file += fmt.Sprintf("%s %s %s-token\n", scope, auth.Hash(tok), scope)
-	}
-	path := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path, tokens := authtest.TokenFile(t, auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin)
 	tokenFile, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +29,7 @@ func TestGatewayPassesOnlyTheCallersToken(t *testing.T) {
 	etcd := startEtcd(t)
 	node, err := kvnode.New(kvnode.Config{
 		NodeID: "node-1", DataDir: t.TempDir(), Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0",
-		Logger: discardLogger(), Etcd: []string{etcd}, Auth: tokenFile, PeerToken: tokens["admin"],
+		Logger: discardLogger(), Etcd: []string{etcd}, Auth: tokenFile, PeerToken: tokens[auth.ScopeAdmin],
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +40,7 @@ func TestGatewayPassesOnlyTheCallersToken(t *testing.T) {
 	if err := node.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	gw := startGateway(t, gateway.Config{Etcd: []string{etcd}, PeerToken: tokens["admin"]})
+	gw := startGateway(t, gateway.Config{Etcd: []string{etcd}, PeerToken: tokens[auth.ScopeAdmin]})
 	kv := kvv1connect.NewKVServiceClient(h2cClient(t), gw.APIURL(), connect.WithGRPC())
 
 	put := func(token string) error {
@@ -89,8 +74,8 @@ func TestGatewayPassesOnlyTheCallersToken(t *testing.T) {
 		want  connect.Code // 0: succeeds
 	}{
 		{"no token", "", connect.CodeUnauthenticated},
-		{"read token", tokens["read"], connect.CodePermissionDenied},
-		{"write token", tokens["write"], 0},
+		{"read token", tokens[auth.ScopeRead], connect.CodePermissionDenied},
+		{"write token", tokens[auth.ScopeWrite], 0},
 	} {
 		if err := put(tt.token); connect.CodeOf(err) != tt.want && !(tt.want == 0 && err == nil) {
 			t.Errorf("Put through the gateway with %s: %v, want %v", tt.name, err, tt.want)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,31 +15,14 @@ import (
 	"github.com/fluxkv/fluxkv/gen/flux/cluster/v1/clusterv1connect"
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
+	"github.com/fluxkv/fluxkv/internal/authtest"
 	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/etcdembed"
 	"github.com/fluxkv/fluxkv/services/kvnode"
 )
 
-// tokenFile writes a token file with one token per scope and returns it
-// with the tokens, by scope name.
-func tokenFile(t *testing.T) (string, map[string]string) {
-	t.Helper()
-	tokens := map[string]string{}
-	var lines []string
-	for _, scope := range []string{"read", "write", "admin"} {
-		tok, err := auth.NewToken()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[scope] = tok
-		lines = append(lines, fmt.Sprintf("%s %s %s-token", scope, auth.Hash(tok), scope))
-	}
-	path := filepath.Join(t.TempDir(), "tokens")
-	if err := os.WriteFile(path, []byte("# test tokens\n"+strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path, tokens
-}
+// allScopes are the scopes TokenFile makes a token of in these tests.
+var allScopes = []auth.Scope{auth.ScopeRead, auth.ScopeWrite, auth.ScopeAdmin}
 
 // TestEveryMethodChecksItsScope calls every method a node serves with no
 // token, a bad one and each scope's, and checks the answer:
@@ -49,7 +31,7 @@ func tokenFile(t *testing.T) (string, map[string]string) {
 // request for its own reasons) at or above it. Health stays open.
 func TestEveryMethodChecksItsScope(t *testing.T) {
 	t.Parallel()
-	path, tokens := tokenFile(t)
+	path, tokens := authtest.TokenFile(t, allScopes...)
 	file, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -164,9 +146,9 @@ func TestEveryMethodChecksItsScope(t *testing.T) {
 	}{
 		{"no token", "", auth.ScopeNone},
 		{"unknown token", "flux_not-a-listed-token", auth.ScopeNone},
-		{"read", tokens["read"], auth.ScopeRead},
-		{"write", tokens["write"], auth.ScopeWrite},
-		{"admin", tokens["admin"], auth.ScopeAdmin},
+		{"read", tokens[auth.ScopeRead], auth.ScopeRead},
+		{"write", tokens[auth.ScopeWrite], auth.ScopeWrite},
+		{"admin", tokens[auth.ScopeAdmin], auth.ScopeAdmin},
 	}
 	for _, m := range methods {
 		for _, c := range callers {
@@ -204,7 +186,7 @@ func TestEveryMethodChecksItsScope(t *testing.T) {
 // leaves the tokens read before.
 func TestTokenFileReloads(t *testing.T) {
 	t.Parallel()
-	path, tokens := tokenFile(t)
+	path, tokens := authtest.TokenFile(t, allScopes...)
 	file, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -217,7 +199,7 @@ func TestTokenFileReloads(t *testing.T) {
 		_, err := kv.Get(context.Background(), req)
 		return err
 	}
-	if err := get(tokens["read"]); err != nil {
+	if err := get(tokens[auth.ScopeRead]); err != nil {
 		t.Fatal(err)
 	}
 	fresh, _ := auth.NewToken()
@@ -230,7 +212,7 @@ func TestTokenFileReloads(t *testing.T) {
 	if err := get(fresh); err != nil {
 		t.Errorf("the added token after a reload: %v", err)
 	}
-	if err := get(tokens["read"]); connect.CodeOf(err) != connect.CodeUnauthenticated {
+	if err := get(tokens[auth.ScopeRead]); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("the removed token after a reload: %v, want unauthenticated", err)
 	}
 	if err := os.WriteFile(path, []byte("read "+fresh+"\n"), 0o600); err != nil {
@@ -249,7 +231,7 @@ func TestTokenFileReloads(t *testing.T) {
 // without a peer token the owner refuses the forwarded request.
 func TestPeersAuthenticate(t *testing.T) {
 	t.Parallel()
-	path, tokens := tokenFile(t)
+	path, tokens := authtest.TokenFile(t, allScopes...)
 	file, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +242,7 @@ func TestPeersAuthenticate(t *testing.T) {
 	}
 	t.Cleanup(etcd.Close)
 	var nodes []*kvnode.Node
-	for i, peer := range []string{tokens["admin"], ""} {
+	for i, peer := range []string{tokens[auth.ScopeAdmin], ""} {
 		node, err := kvnode.New(withTestDefaults(kvnode.Config{
 			NodeID: fmt.Sprintf("node-%d", i+1), DataDir: t.TempDir(), Etcd: []string{etcd.ClientURL()},
 			LeaseTTL: 2 * time.Second, Auth: file, PeerToken: peer,
@@ -276,7 +258,7 @@ func TestPeersAuthenticate(t *testing.T) {
 	}
 	put := func(n *kvnode.Node, key string) error {
 		req := connect.NewRequest(&kvv1.PutRequest{Key: key, Value: []byte("v")})
-		req.Header().Set("Authorization", "Bearer "+tokens["write"])
+		req.Header().Set("Authorization", "Bearer "+tokens[auth.ScopeWrite])
 		_, err := kvv1connect.NewKVServiceClient(h2cClient(t), n.APIURL()).Put(context.Background(), req)
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	kvv1 "github.com/fluxkv/fluxkv/gen/flux/kv/v1"
 	"github.com/fluxkv/fluxkv/gen/flux/kv/v1/kvv1connect"
 	"github.com/fluxkv/fluxkv/internal/amqptest"
+	"github.com/fluxkv/fluxkv/internal/authtest"
 	"github.com/fluxkv/fluxkv/platform/auth"
 	"github.com/fluxkv/fluxkv/platform/tlsfiles"
 	"github.com/fluxkv/fluxkv/services/kvnode"
@@ -25,7 +26,7 @@ import (
 // open for load balancers.
 func TestAdminPortNeedsAdminToken(t *testing.T) {
 	t.Parallel()
-	path, tokens := tokenFile(t)
+	path, tokens := authtest.TokenFile(t, allScopes...)
 	file, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -55,12 +56,12 @@ func TestAdminPortNeedsAdminToken(t *testing.T) {
 		{"GET", "/healthz", "", http.StatusOK},
 		{"GET", "/metrics", "", http.StatusUnauthorized},
 		{"GET", "/metrics", "flux_not-a-token", http.StatusUnauthorized},
-		{"GET", "/metrics", tokens["read"], http.StatusForbidden},
-		{"GET", "/metrics", tokens["write"], http.StatusForbidden},
-		{"GET", "/metrics", tokens["admin"], http.StatusOK},
+		{"GET", "/metrics", tokens[auth.ScopeRead], http.StatusForbidden},
+		{"GET", "/metrics", tokens[auth.ScopeWrite], http.StatusForbidden},
+		{"GET", "/metrics", tokens[auth.ScopeAdmin], http.StatusOK},
 		{"GET", "/debug/pprof/", "", http.StatusUnauthorized},
-		{"GET", "/debug/pprof/", tokens["admin"], http.StatusOK},
-		{"POST", "/aof/rewrite", tokens["write"], http.StatusForbidden},
+		{"GET", "/debug/pprof/", tokens[auth.ScopeAdmin], http.StatusOK},
+		{"POST", "/aof/rewrite", tokens[auth.ScopeWrite], http.StatusForbidden},
 	} {
 		code, body := do(tt.method, tt.path, tt.token)
 		if code != tt.want {
@@ -78,7 +79,7 @@ func TestAdminPortNeedsAdminToken(t *testing.T) {
 // token with AuthReflection.
 func TestAuthReflection(t *testing.T) {
 	t.Parallel()
-	path, tokens := tokenFile(t)
+	path, tokens := authtest.TokenFile(t, allScopes...)
 	file, err := auth.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +101,7 @@ func TestAuthReflection(t *testing.T) {
 	if err := list(guarded, ""); connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("guarded reflection without a token: %v, want unauthenticated", err)
 	}
-	if err := list(guarded, tokens["read"]); err != nil {
+	if err := list(guarded, tokens[auth.ScopeRead]); err != nil {
 		t.Errorf("guarded reflection with a read token: %v", err)
 	}
 	// Health stays open either way.
@@ -162,10 +163,10 @@ func TestCDCOverAMQPS(t *testing.T) {
 	}
 }
 
-func nameOf(tokens map[string]string, token string) string {
-	for name, tok := range tokens {
+func nameOf(tokens map[auth.Scope]string, token string) string {
+	for scope, tok := range tokens {
 		if tok == token {
-			return name + " token"
+			return scope.String() + " token"
 		}
 	}
 	if token == "" {
