@@ -79,6 +79,14 @@ func clusterCommand() *command {
 	return c
 }
 
+// clusterStatusJSON is what cluster status --json prints.
+type clusterStatusJSON struct {
+	Epoch    int64           `json:"epoch"` // 0: the cluster has no ring record yet
+	Change   *changeStatus   `json:"change,omitempty"`
+	Members  []memberStatus  `json:"members"`
+	Gateways []gatewayStatus `json:"gateways"`
+}
+
 type memberStatus struct {
 	ID           string `json:"id"`
 	Live         bool   `json:"live"`
@@ -173,12 +181,7 @@ func clusterStatus(ctx context.Context, env *environment, t clusterTarget, asJSO
 		}
 	}
 	if asJSON {
-		printJSON(env, struct {
-			Epoch    int64           `json:"epoch"` // 0: the cluster has no ring record yet
-			Change   *changeStatus   `json:"change,omitempty"`
-			Members  []memberStatus  `json:"members"`
-			Gateways []gatewayStatus `json:"gateways"`
-		}{snap.Epoch(), change, members, gateways})
+		printJSON(env, clusterStatusJSON{snap.Epoch(), change, members, gateways})
 	} else {
 		if snap.Current != nil {
 			fmt.Fprintf(env.stdout, "ring epoch %d\n", snap.Epoch())

@@ -151,17 +151,8 @@ func TestTLSEndToEnd(t *testing.T) {
 	// cluster status reads etcd, every node's statistics and the gateway's
 	// admin port, all over TLS; both nodes hold some of the keys.
 	got := flux("", append(append([]string{"cluster", "status", "--json"}, etcdFlags(cli)...), clientTLS...)...)
-	var status struct {
-		Members []struct {
-			ID   string `json:"id"`
-			Keys *int64 `json:"keys"`
-		} `json:"members"`
-		Gateways []struct {
-			ID       string            `json:"id"`
-			Breakers map[string]string `json:"breakers"`
-			Error    string            `json:"error"`
-		} `json:"gateways"`
-	}
+	// (TestClusterCommands holds the JSON to its documented shape.)
+	var status clusterStatusJSON
 	if err := json.Unmarshal([]byte(got.stdout), &status); err != nil || got.code != 0 {
 		t.Fatalf("cluster status over TLS: %v\n%+v", err, got)
 	}
