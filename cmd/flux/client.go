@@ -128,12 +128,8 @@ func (f *clientFlags) sdkOptions(opts []connect.ClientOption) ([]client.Option, 
 	if err != nil {
 		return nil, err
 	}
-	sdk := []client.Option{client.WithClientOptions(opts...), client.WithEtcdTLS(etcdTLS)}
-	if !f.tls.api.IsZero() {
-		// Nodes must then serve TLS; without the flags, they may or not.
-		sdk = append(sdk, client.WithTLS(apiTLS))
-	}
-	return sdk, nil
+	// With TLS flags, nodes must serve TLS; without, they may or not.
+	return []client.Option{client.WithClientOptions(opts...), client.WithTLS(apiTLS), client.WithEtcdTLS(etcdTLS)}, nil
 }
 
 // sdkAPI adapts the SDK to kvAPI.

@@ -28,22 +28,20 @@ func (f *clientTLSFlags) registerEtcd(fs *flag.FlagSet) {
 	fs.StringVar(&f.etcd.Key, "etcd-tls-key", "", "private key `file` (PEM) of --etcd-tls-cert")
 }
 
-// apiTLS is the configuration for https:// endpoints and nodes.
+// apiTLS is the configuration for https:// endpoints and nodes; nil when
+// no flag is given (Go's defaults: the system's roots, TLS 1.2 at least).
 func (f *clientTLSFlags) apiTLS() (*tls.Config, error) {
 	return clientTLS("--tls-ca, --tls-cert, --tls-key", f.api)
 }
 
 // etcdTLS is the configuration for etcd; nil when no flag is given.
 func (f *clientTLSFlags) etcdTLS() (*tls.Config, error) {
-	if f.etcd.IsZero() {
-		return nil, nil
-	}
 	return clientTLS("--etcd-tls-*", f.etcd)
 }
 
 func clientTLS(flags string, files tlsfiles.Files) (*tls.Config, error) {
 	if files.IsZero() {
-		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+		return nil, nil
 	}
 	c, err := tlsfiles.Load(files)
 	if err != nil {

@@ -372,8 +372,10 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 }
 
 // Bearer returns a client interceptor that sends token on every call
-// (unary and streaming) that carries no Authorization header already (a
-// gateway passes its caller's on); an empty token sends nothing.
+// (unary and streaming) that carries no Authorization header already; an
+// empty token sends nothing. On a stream it decides when the stream is
+// created, before the caller can set headers of its own, so a client that
+// passes a caller's token on (a proxy) must not use it.
 func Bearer(token string) connect.Interceptor { return bearer(token) }
 
 type bearer string

@@ -84,7 +84,6 @@ type Options struct {
 type Server struct {
 	http    *http.Server
 	ln      net.Listener
-	tls     bool
 	workers *workers
 
 	closeOnce sync.Once
@@ -156,7 +155,7 @@ func Listen(addr string, handler http.Handler, opts Options) (*Server, error) {
 		// TCP segments still takes few system calls.
 		served = tls.NewListener(served, tlsConfig)
 	}
-	return &Server{http: srv, ln: served, tls: tlsConfig != nil, workers: pool}, nil
+	return &Server{http: srv, ln: served, workers: pool}, nil
 }
 
 // Addr is the address the server listens on, with the port resolved.
@@ -165,14 +164,14 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // URL is the base URL clients use to reach the server: https:// when it
 // serves TLS.
 func (s *Server) URL() string {
-	if s.tls {
+	if s.TLS() {
 		return "https://" + s.ln.Addr().String()
 	}
 	return "http://" + s.ln.Addr().String()
 }
 
 // TLS reports whether the server serves TLS.
-func (s *Server) TLS() bool { return s.tls }
+func (s *Server) TLS() bool { return s.http.TLSConfig != nil }
 
 // Serve accepts connections until Shutdown or Close is called. It returns nil
 // after a requested stop and the accept error otherwise.
