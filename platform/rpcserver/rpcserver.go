@@ -82,8 +82,12 @@ type Options struct {
 // Server is an HTTP server bound to a listener. Create it with Listen, run it
 // with Serve and stop it with Shutdown.
 type Server struct {
-	http    *http.Server
-	ln      net.Listener
+	http *http.Server
+	ln   net.Listener
+	// tls is whether Listen was given a TLS configuration: the
+	// http.Server's own TLSConfig is not a witness, since net/http fills
+	// it in when it sets up HTTP/2.
+	tls     bool
 	workers *workers
 
 	closeOnce sync.Once
@@ -155,7 +159,7 @@ func Listen(addr string, handler http.Handler, opts Options) (*Server, error) {
 		// TCP segments still takes few system calls.
 		served = tls.NewListener(served, tlsConfig)
 	}
-	return &Server{http: srv, ln: served, workers: pool}, nil
+	return &Server{http: srv, ln: served, tls: tlsConfig != nil, workers: pool}, nil
 }
 
 // Addr is the address the server listens on, with the port resolved.
@@ -171,7 +175,7 @@ func (s *Server) URL() string {
 }
 
 // TLS reports whether the server serves TLS.
-func (s *Server) TLS() bool { return s.http.TLSConfig != nil }
+func (s *Server) TLS() bool { return s.tls }
 
 // Serve accepts connections until Shutdown or Close is called. It returns nil
 // after a requested stop and the accept error otherwise.

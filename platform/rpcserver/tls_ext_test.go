@@ -96,3 +96,27 @@ func TestCORSAllowsBearerTokens(t *testing.T) {
 		t.Errorf("preflight asking for Authorization: Access-Control-Allow-Headers %q", allowed)
 	}
 }
+
+// TestCleartextServerStaysCleartext: a server without TLS reports so, and
+// its URL stays http://, also once it serves HTTP/2.
+func TestCleartextServerStaysCleartext(t *testing.T) {
+	t.Parallel()
+	srv, err := rpcserver.Listen("127.0.0.1:0", http.NotFoundHandler(), rpcserver.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if srv.TLS() || !strings.HasPrefix(srv.URL(), "http://") {
+		t.Errorf("cleartext server serving h2c: TLS() %v, URL %s", srv.TLS(), srv.URL())
+	}
+}
